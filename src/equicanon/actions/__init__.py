@@ -1,0 +1,17 @@
+"""How groups act on data. ``action(g, x)`` is ``g·x``; inputs are never modified.
+
+- :class:`Image` — images ``(B, C, H, W)`` under C(n), D(n), SO2(), O2()
+- :class:`Mask` — label maps ``(B, H, W)`` / ``(B, C, H, W)``, nearest-neighbour
+- :class:`Points` — point clouds ``(B, N, d)``; :class:`Vectors` — ``(B, *, d)``
+- :class:`Regular` — an axis of size ``|G|`` (logits, group-conv features)
+- :class:`Set` — the element axis of sets under S(n)
+- :class:`Trivial` — invariant data
+"""
+
+from . import functional
+from .base import Action, Trivial
+from .discrete import Regular, Set
+from .geometric import Points, Vectors
+from .image import Image, Mask
+
+__all__ = ["Action", "Trivial", "Image", "Mask", "Points", "Vectors", "Regular", "Set", "functional"]

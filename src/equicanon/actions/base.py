@@ -1,0 +1,77 @@
+"""The action protocol: ``action(g, x)`` computes ``g·x`` for a batch."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from ..errors import GroupMismatchError, ShapeError
+from ..groups import Group
+
+__all__ = ["Action", "Trivial"]
+
+
+class Action(abc.ABC):
+    """How a group acts on one kind of data.
+
+    ``action(g, x)`` returns ``g·x`` where ``g`` is a batch of ``B`` elements
+    (or one element, applied to every sample) and ``x`` a batch of ``B``
+    samples. It returns a new tensor and never modifies ``x``.
+    """
+
+    #: the group acting, or ``None`` for actions that accept any group
+    group: Group | None = None
+    #: whether ``act(g, act(h, x)) == act(compose(g, h), x)`` holds to rounding error
+    #: (False for interpolated image rotations, whose law holds only approximately)
+    exact: bool = True
+
+    @abc.abstractmethod
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``g·x``."""
+
+    @abc.abstractmethod
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        """A random input this action accepts (used when a checker gets no input)."""
+
+    def _elements(self, g: torch.Tensor, batch: int) -> torch.Tensor:
+        """Validate ``g`` against the action's group and broadcast it to ``batch`` elements."""
+        assert self.group is not None
+        g = self.group.check(g)
+        n = self.group.batch_size(g)
+        if n not in (1, batch):
+            raise ShapeError(f"{self}: got {n} group elements for a batch of {batch} samples; pass {batch} or 1")
+        return self.group.expand(g, batch) if n == 1 and batch != 1 else g
+
+    def check_group(self, group: Group, what: str = "the canonicalizer") -> None:
+        """Raise :class:`GroupMismatchError` unless ``group`` is the action's group."""
+        if self.group is not None and group != self.group:
+            raise GroupMismatchError(f"{self} acts with {self.group}, but {what} uses {group}")
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype | None,
+           device: torch.device | str | None) -> torch.Tensor:
+    where = generator.device if generator is not None else device
+    out = torch.randn(shape, generator=generator, device=where, dtype=dtype)
+    return out.to(device) if device is not None else out
+
+
+class Trivial(Action):
+    """The trivial action ``g·x = x``: invariant outputs such as class logits."""
+
+    def __repr__(self) -> str:
+        return "Trivial()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Trivial)
+
+    def __hash__(self) -> int:
+        return hash("Trivial")
+
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        return _randn((batch, 4), generator, dtype, device)

@@ -1,0 +1,70 @@
+"""Actions on coordinates: vectors and point clouds."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import GroupMismatchError, check_floating, check_shape
+from ..groups import Group, S
+from .base import Action, _randn
+
+__all__ = ["Vectors", "Points"]
+
+
+class Vectors(Action):
+    """Orthogonal matrices acting on vectors: ``(g·x)[b, ..., :] = M(g_b) @ x[b, ..., :]``.
+
+    ``x`` has shape ``(B, *, d)`` with ``d = group.dim`` (2 for planar groups, 3
+    for SO3/O3). Use it for velocities, forces, directions, or 2-D/3-D outputs.
+    """
+
+    shape_spec = "B * d"
+
+    def __init__(self, group: Group) -> None:
+        if isinstance(group, S):
+            raise GroupMismatchError(f"{type(self).__name__} acts with rotation/reflection groups, got {group}; use actions.Set")
+        self.group = group
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.group!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.group == self.group  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.group))
+
+    def _check(self, x: torch.Tensor) -> int:
+        assert self.group is not None
+        d = self.group.dim
+        check_shape(x, "* B d", d=d)  # a tensor with at least 2 dims, last of size d
+        return int(x.shape[0])
+
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        batch = self._check(x)
+        check_floating(x)
+        assert self.group is not None
+        m = self.group.matrix(self._elements(g, batch), dtype=x.dtype).to(x.device)
+        flat = x.reshape(batch, -1, x.shape[-1])
+        return torch.matmul(flat, m.transpose(1, 2)).reshape(x.shape)
+
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        assert self.group is not None
+        return _randn((batch, 5, self.group.dim), generator, dtype, device)
+
+
+class Points(Vectors):
+    """Rotations/reflections of point clouds ``(B, N, d)``: every point is multiplied by ``M(g)``.
+
+    For 2-D points use a planar group (C(n), D(n), SO2(), O2()); for 3-D, SO3() or O3().
+    """
+
+    def _check(self, x: torch.Tensor) -> int:
+        assert self.group is not None
+        return check_shape(x, "B N d", d=self.group.dim)["B"]
+
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        assert self.group is not None
+        return _randn((batch, 16, self.group.dim), generator, dtype, device)

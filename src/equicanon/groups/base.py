@@ -1,0 +1,213 @@
+"""Group values: frozen, hashable descriptions whose elements are batched tensors.
+
+A group object holds no tensors. Its methods take and return *batches* of
+elements: for finite groups an integer index tensor, for matrix groups a
+``(B, d, d)`` floating tensor. Element batches broadcast: a batch of one
+combines with a batch of ``B``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import torch
+
+from ..errors import ElementError, check_positive_int
+
+__all__ = ["Group", "FiniteGroup", "MatrixGroup"]
+
+
+def _float_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not dtype.is_floating_point:
+        raise ElementError(f"matrices need a floating dtype, got {dtype}")
+    return dtype
+
+
+class Group(abc.ABC):
+    """A symmetry group acting on data.
+
+    Subclasses are frozen dataclasses, so groups compare by value, hash, and
+    print as the constructor call that builds them (``C(8)``).
+    """
+
+    #: dimension ``d`` of the orthogonal matrices returned by :meth:`matrix`
+    dim: int
+
+    @property
+    @abc.abstractmethod
+    def is_finite(self) -> bool:
+        """Whether the group has finitely many elements."""
+
+    @abc.abstractmethod
+    def identity(self, batch: int = 1, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``batch`` copies of the identity element."""
+
+    @abc.abstractmethod
+    def compose(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The product ``a b`` (apply ``b`` first), element-wise over the batch."""
+
+    @abc.abstractmethod
+    def inverse(self, a: torch.Tensor) -> torch.Tensor:
+        """The inverse of each element of the batch."""
+
+    @abc.abstractmethod
+    def sample(self, batch: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``batch`` elements drawn uniformly (Haar measure for continuous groups)."""
+
+    @abc.abstractmethod
+    def matrix(self, g: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The orthogonal matrices ``(B, d, d)`` representing ``g``.
+
+        ``matrix`` is a homomorphism: ``matrix(compose(a, b)) == matrix(a) @ matrix(b)``.
+        """
+
+    @abc.abstractmethod
+    def testing_elements(self, *, device: torch.device | str | None = None,
+                         dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A fixed, small batch of elements that equivariance tests run over."""
+
+    @abc.abstractmethod
+    def check(self, g: object, name: str = "g") -> torch.Tensor:
+        """Return ``g`` if it is a valid batch of elements, else raise :class:`ElementError`."""
+
+    @abc.abstractmethod
+    def describe(self, g: torch.Tensor) -> str:
+        """Readable text for one element (a batch of one), used in error reports."""
+
+    def element_shape(self) -> tuple[int, ...]:
+        """Shape of one element (without the batch dimension)."""
+        return ()
+
+    def batch_size(self, g: torch.Tensor) -> int:
+        """Number of elements in the batch ``g``."""
+        return int(g.shape[0])
+
+    def take(self, g: torch.Tensor, i: int) -> torch.Tensor:
+        """The ``i``-th element of a batch, as a batch of one."""
+        return g[i : i + 1]
+
+    def expand(self, g: torch.Tensor, batch: int) -> torch.Tensor:
+        """Repeat a batch of one element ``batch`` times."""
+        if self.batch_size(g) == batch:
+            return g
+        if self.batch_size(g) != 1:
+            raise ElementError(f"cannot expand a batch of {self.batch_size(g)} elements of {self} to {batch}")
+        return g.expand(batch, *g.shape[1:])
+
+
+class FiniteGroup(Group):
+    """A finite group whose elements are indices ``0 .. order-1`` (int64 tensors of shape ``(B,)``).
+
+    Index 0 is always the identity. :meth:`compose` and :meth:`inverse` work
+    element-wise on index tensors of any (broadcastable) shape.
+    """
+
+    @property
+    def is_finite(self) -> bool:
+        return True
+
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """Number of elements ``|G|``."""
+
+    def elements(self, *, device: torch.device | str | None = None) -> torch.Tensor:
+        """All ``|G|`` elements, in index order: ``(|G|,)`` int64."""
+        return torch.arange(self.order, device=device)
+
+    def identity(self, batch: int = 1, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+
+    def sample(self, batch: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        check_positive_int(batch, "batch", minimum=0)
+        gen_device = generator.device if generator is not None else device
+        out = torch.randint(self.order, (batch,), generator=generator, device=gen_device)
+        return out.to(device) if device is not None else out
+
+    def testing_elements(self, *, device: torch.device | str | None = None,
+                         dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.elements(device=device)
+
+    def cayley_table(self, *, device: torch.device | str | None = None) -> torch.Tensor:
+        """``T[a, b] = compose(a, b)``: ``(|G|, |G|)`` int64."""
+        e = self.elements(device=device)
+        return self.compose(e[:, None], e[None, :])
+
+    def check(self, g: object, name: str = "g") -> torch.Tensor:
+        if not isinstance(g, torch.Tensor):
+            raise ElementError(f"{name}: expected an int64 tensor of {self} element indices, got {type(g).__name__}")
+        if g.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ElementError(
+                f"{name}: expected integer indices 0..{self.order - 1} of {self} elements, got dtype {g.dtype}"
+            )
+        if g.ndim < 1:
+            raise ElementError(f"{name}: expected a batch of {self} element indices of shape (B,), got a 0-d tensor")
+        # The range check reads values, which synchronises with an accelerator: only on the CPU.
+        if g.device.type == "cpu" and g.numel() and (int(g.min()) < 0 or int(g.max()) >= self.order):
+            raise ElementError(
+                f"{name}: expected indices in 0..{self.order - 1} for {self}, got values from {int(g.min())} to {int(g.max())}"
+            )
+        return g.long()
+
+
+class MatrixGroup(Group):
+    """A continuous group of ``d x d`` orthogonal matrices; elements are ``(B, d, d)`` float tensors."""
+
+    @property
+    def is_finite(self) -> bool:
+        return False
+
+    def element_shape(self) -> tuple[int, ...]:
+        return (self.dim, self.dim)
+
+    def identity(self, batch: int = 1, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+        eye = torch.eye(self.dim, dtype=_float_dtype(dtype), device=device)
+        return eye.expand(batch, self.dim, self.dim).clone()
+
+    def compose(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = self.check(a, "a"), self.check(b, "b")
+        return torch.matmul(a, b)
+
+    def inverse(self, a: torch.Tensor) -> torch.Tensor:
+        return self.check(a, "a").transpose(-1, -2).contiguous()
+
+    def matrix(self, g: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        g = self.check(g)
+        return g.to(dtype) if dtype is not None else g
+
+    def check(self, g: object, name: str = "g") -> torch.Tensor:
+        d = self.dim
+        if not isinstance(g, torch.Tensor):
+            raise ElementError(f"{name}: expected a (B, {d}, {d}) float tensor of {self} matrices, got {type(g).__name__}")
+        if g.ndim != 3 or g.shape[-2:] != (d, d):
+            raise ElementError(f"{name}: expected {self} elements as matrices of shape (B, {d}, {d}), got shape {tuple(g.shape)}")
+        if not g.is_floating_point():
+            raise ElementError(f"{name}: expected {self} matrices with a floating dtype, got {g.dtype}")
+        return g
+
+    def describe(self, g: torch.Tensor) -> str:
+        rows = ["[" + ", ".join(f"{v:+.3f}" for v in row) + "]" for row in g[0].tolist()]
+        return f"{self} matrix [{', '.join(rows)}]"
+
+
+def snap(values: torch.Tensor, tol: float = 1e-12) -> torch.Tensor:
+    """Round entries within ``tol`` of 0, ±1/2, ±1 to those values (exact rotation tables)."""
+    out = values.clone()
+    for target in (0.0, 0.5, -0.5, 1.0, -1.0):
+        out = torch.where((out - target).abs() < tol, torch.full_like(out, target), out)
+    return out
+
+
+def rotation_2d(theta: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, 2)`` counter-clockwise rotation matrices for angles ``theta`` ``(B,)`` in radians."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+TWO_PI = 2 * math.pi
