@@ -5,9 +5,15 @@
     (C(8), D(4), SO3())
 """
 
-from . import actions, errors, groups, testing
+from . import actions, canonicalizers, errors, groups, nn, testing
+from .adapt import Canonicalized, GroupAveraged
 from .groups import O2, O3, SO2, SO3, C, D, S
 
 __version__ = "0.1.0"
 
-__all__ = ["C", "D", "SO2", "O2", "SO3", "O3", "S", "actions", "errors", "groups", "testing", "__version__"]
+__all__ = [
+    "C", "D", "SO2", "O2", "SO3", "O3", "S",
+    "Canonicalized", "GroupAveraged",
+    "actions", "canonicalizers", "errors", "groups", "nn", "testing",
+    "__version__",
+]

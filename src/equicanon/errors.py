@@ -119,7 +119,7 @@ def check_shape(x: object, spec: str, name: str = "x", **fixed: int) -> dict[str
         )
     sizes: dict[str, int] = {}
     tail = x.shape[x.ndim - len(words):]
-    for word, size in zip(words, tail):
+    for axis, (word, size) in enumerate(zip(words, tail, strict=True), start=x.ndim - len(words)):
         if word.lstrip("-").isdigit():
             want = int(word)
         elif word in sizes:
@@ -130,7 +130,10 @@ def check_shape(x: object, spec: str, name: str = "x", **fixed: int) -> dict[str
             sizes[word] = int(size)
             continue
         if int(size) != want:
-            raise ShapeError(f"{name}: expected shape {expected}, got {format_shape(x.shape)} ({word} should be {want})")
+            what = f"dimension {axis}" if word.lstrip("-").isdigit() else word
+            raise ShapeError(
+                f"{name}: expected shape {expected}, got {format_shape(x.shape)} ({what} should be {want})"
+            )
         sizes.setdefault(word, want)
     return sizes
 

@@ -26,7 +26,16 @@ from .actions import Action
 from .errors import EquicanonError, EquivarianceError, ShapeError
 from .groups import Group
 
-__all__ = ["EquivarianceReport", "equivariance_error", "assert_equivariant", "assert_invariant", "default_tolerance"]
+__all__ = [
+    "EquivarianceReport",
+    "CanonicalizerReport",
+    "equivariance_error",
+    "assert_equivariant",
+    "assert_invariant",
+    "canonicalizer_error",
+    "assert_canonicalizer",
+    "default_tolerance",
+]
 
 _TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-9, 1e-7),
@@ -75,7 +84,7 @@ class EquivarianceReport:
     @property
     def passed(self) -> bool:
         """Whether every element is within tolerance."""
-        return all(e <= self.atol + self.rtol * s for e, s in zip(self.errors, self.scales))
+        return all(e <= self.atol + self.rtol * s for e, s in zip(self.errors, self.scales, strict=True))
 
     def __str__(self) -> str:
         k = self.worst
@@ -83,7 +92,7 @@ class EquivarianceReport:
             f"equivariance under {self.group} in {self.dtype}: max error {self.errors[k]:.3e} at {self.elements[k]} "
             f"(tolerance {self.atol:.1e} + {self.rtol:.1e} x scale {self.scales[k]:.3g})"
         ]
-        lines += [f"  {text}: error {e:.3e}" for text, e in zip(self.elements, self.errors)]
+        lines += [f"  {text}: error {e:.3e}" for text, e in zip(self.elements, self.errors, strict=True)]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -144,7 +153,7 @@ def equivariance_error(
     if elements is None:
         elements = group.testing_elements(device=x.device, dtype=dtype if dtype is not None else None)
     else:
-        elements = group.check(elements, "elements")
+        elements = _cast(group.check(elements, "elements"), dtype)
     x_before = x.clone()
     with torch.no_grad():
         return _measure(f, group, in_action, out_action, x, x_before, elements, atol, rtol)
@@ -165,20 +174,21 @@ def _measure(f: Callable[[torch.Tensor], object], group: Group, in_action: Actio
     for k in range(group.batch_size(elements)):
         g = group.expand(group.take(elements, k), n)
         lhs = _as_tuple(f(in_action(g, x)))
-        rhs = tuple(act(g, t) for act, t in zip(actions, y))
+        rhs = tuple(act(g, t) for act, t in zip(actions, y, strict=True))
         err, scale = 0.0, 0.0
-        for a, b in zip(lhs, rhs):
+        for a, b in zip(lhs, rhs, strict=True):
             if a.shape != b.shape:
                 raise ShapeError(f"f(g·x) has shape {tuple(a.shape)} but g⋆f(x) has shape {tuple(b.shape)}")
             diff = (a.double() - b.double()).abs()
             err = max(err, float(diff.max()) if diff.numel() else 0.0)
             if diff.numel() and not bool(torch.isfinite(diff).all()):
                 err = float("nan")
-            scale = max(scale, float(b.double().abs().max()) if b.numel() else 0.0)
+            if b.numel():
+                scale = max(scale, float(torch.nan_to_num(b.double(), nan=0.0).abs().max()))
         report.errors.append(err)
         report.scales.append(scale)
         report.elements.append(group.describe(g[:1] if g.ndim else g))
-    if not torch.equal(x, x_before):
+    if not torch.allclose(x, x_before, rtol=0.0, atol=0.0, equal_nan=True):
         report.notes.append("f modified its input in place")
     return report
 
@@ -216,3 +226,56 @@ def assert_invariant(f: Callable[[torch.Tensor], object], group: Group, in_actio
     from .actions import Trivial
 
     return assert_equivariant(f, group, in_action, Trivial(), x, **kwargs)
+
+
+@dataclass
+class CanonicalizerReport:
+    """Reports of :func:`assert_canonicalizer`: invariance of ``canonical``, equivariance of ``pose``."""
+
+    canonical: EquivarianceReport
+    pose: EquivarianceReport
+
+    @property
+    def passed(self) -> bool:
+        return self.canonical.passed and self.pose.passed
+
+
+def canonicalizer_error(canonicalizer: nn.Module, x: torch.Tensor | None = None, *,
+                        elements: torch.Tensor | None = None, dtype: torch.dtype | None = torch.float64,
+                        atol: float | None = None, rtol: float | None = None, batch: int = 2) -> CanonicalizerReport:
+    """Measure how far ``canonical(g·x) = canonical(x)`` and ``pose(g·x) = g pose(x)`` are from holding.
+
+    ``canonicalizer`` is deep-copied and cast to ``dtype`` (default float64); the
+    caller's module is not changed. Other arguments as in :func:`equivariance_error`.
+    """
+    from .actions import Pose, Trivial
+
+    group, action = canonicalizer.group, canonicalizer.action  # type: ignore[attr-defined]
+    model = copy.deepcopy(canonicalizer)
+    if dtype is not None:
+        model = model.to(dtype)
+    if x is None:
+        x = action.example(batch, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x = _cast(x, dtype)
+    if elements is not None:
+        elements = _cast(elements, dtype)
+    common = {"elements": elements, "dtype": None, "atol": atol, "rtol": rtol}
+    canonical = equivariance_error(lambda t: model(t).canonical, group, action, Trivial(), x, **common)
+    pose = equivariance_error(lambda t: model(t).pose, group, action, Pose(group), x, **common)
+    return CanonicalizerReport(canonical, pose)
+
+
+def assert_canonicalizer(canonicalizer: nn.Module, x: torch.Tensor | None = None, **kwargs: object
+                         ) -> CanonicalizerReport:
+    """Assert that a canonicalizer's canonical form is invariant and its pose equivariant.
+
+    Takes the arguments of :func:`canonicalizer_error`; raises :class:`EquivarianceError`
+    naming which property failed, the worst element and the error.
+    """
+    report = canonicalizer_error(canonicalizer, x, **kwargs)  # type: ignore[arg-type]
+    for what, r in (("canonical form is not invariant", report.canonical), ("pose is not equivariant", report.pose)):
+        if not r.passed:
+            raise EquivarianceError(f"{type(canonicalizer).__name__}: {what}: {r}")
+        if r.notes:
+            raise EquivarianceError(f"{type(canonicalizer).__name__} broke a rule: {'; '.join(r.notes)}")
+    return report

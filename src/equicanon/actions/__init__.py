@@ -6,12 +6,13 @@
 - :class:`Regular` — an axis of size ``|G|`` (logits, group-conv features)
 - :class:`Set` — the element axis of sets under S(n)
 - :class:`Trivial` — invariant data
+- :class:`Pose` — group elements, by left multiplication (poses)
 """
 
 from . import functional
-from .base import Action, Trivial
+from .base import Action, Pose, Trivial
 from .discrete import Regular, Set
 from .geometric import Points, Vectors
 from .image import Image, Mask
 
-__all__ = ["Action", "Trivial", "Image", "Mask", "Points", "Vectors", "Regular", "Set", "functional"]
+__all__ = ["Action", "Pose", "Trivial", "Image", "Mask", "Points", "Vectors", "Regular", "Set", "functional"]

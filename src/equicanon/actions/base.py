@@ -35,13 +35,15 @@ class Action(abc.ABC):
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         """A random input this action accepts (used when a checker gets no input)."""
 
-    def _elements(self, g: torch.Tensor, batch: int) -> torch.Tensor:
-        """Validate ``g`` against the action's group and broadcast it to ``batch`` elements."""
+    def _elements(self, g: torch.Tensor, batch: int, device: torch.device | None = None) -> torch.Tensor:
+        """Validate ``g``, broadcast it to ``batch`` elements and move it to ``device`` (the data's)."""
         assert self.group is not None
         g = self.group.check(g)
         n = self.group.batch_size(g)
         if n not in (1, batch):
             raise ShapeError(f"{self}: got {n} group elements for a batch of {batch} samples; pass {batch} or 1")
+        if device is not None and g.device != torch.device(device):
+            g = g.to(device)
         return self.group.expand(g, batch) if n == 1 and batch != 1 else g
 
     def check_group(self, group: Group, what: str = "the canonicalizer") -> None:
@@ -75,3 +77,33 @@ class Trivial(Action):
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         return _randn((batch, 4), generator, dtype, device)
+
+
+class Pose(Action):
+    """A group acting on its own elements by left multiplication: ``g·h = g h``.
+
+    Poses are equivariant exactly when ``pose(g·x) == Pose(G)(g, pose(x))``.
+    """
+
+    def __init__(self, group: Group) -> None:
+        self.group = group
+
+    def __repr__(self) -> str:
+        return f"Pose({self.group!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pose) and other.group == self.group
+
+    def __hash__(self) -> int:
+        return hash((Pose, self.group))
+
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        assert self.group is not None
+        h = self.group.check(x, "pose")
+        g = self._elements(g, self.group.batch_size(h), h.device)
+        return self.group.compose(g.to(h.dtype) if g.is_floating_point() else g, h)
+
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        assert self.group is not None
+        return self.group.sample(batch, generator=generator, dtype=dtype, device=device)

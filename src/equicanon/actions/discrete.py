@@ -61,7 +61,7 @@ class Regular(Action):
         d = _normalise_dim(self.dim, x.ndim, repr(self))
         if x.shape[d] != group.order:
             raise ShapeError(f"{self}: expected axis {self.dim} of size |G| = {group.order}, got shape {tuple(x.shape)}")
-        g = self._elements(g, x.shape[0])
+        g = self._elements(g, x.shape[0], x.device)
         # (g·x)[j] = x[g^-1 j]
         index = group.compose(group.inverse(g)[:, None], group.elements(device=x.device)[None, :])
         return _permute_axis(x, d, index)
@@ -105,7 +105,7 @@ class Set(Action):
         d = _normalise_dim(self.dim, x.ndim, repr(self))
         if x.shape[d] != group.n:
             raise ShapeError(f"{self}: expected axis {self.dim} of size n = {group.n}, got shape {tuple(x.shape)}")
-        g = self._elements(g, x.shape[0]).to(x.device)
+        g = self._elements(g, x.shape[0], x.device)
         return _permute_axis(x, d, group.inverse(g))
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,

@@ -95,7 +95,7 @@ def rotate_image(x: torch.Tensor, matrix: torch.Tensor, *, mode: str = "bilinear
     check_floating(x)
     check_choice(mode, MODES, "mode")
     check_choice(padding, PADDINGS, "padding")
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     ph, pw = _padded_size(h), _padded_size(w)
     m = matrix.to(device=x.device, dtype=work)

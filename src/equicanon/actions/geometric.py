@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import GroupMismatchError, check_floating, check_shape
@@ -44,8 +46,8 @@ class Vectors(Action):
         batch = self._check(x)
         check_floating(x)
         assert self.group is not None
-        m = self.group.matrix(self._elements(g, batch), dtype=x.dtype).to(x.device)
-        flat = x.reshape(batch, -1, x.shape[-1])
+        m = self.group.matrix(self._elements(g, batch, x.device), dtype=x.dtype)
+        flat = x.reshape(batch, math.prod(x.shape[1:-1]), x.shape[-1])  # not -1: B may be 0
         return torch.matmul(flat, m.transpose(1, 2)).reshape(x.shape)
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,

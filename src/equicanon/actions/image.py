@@ -78,7 +78,7 @@ class Image(Action):
         sizes = check_shape(x, "B C H W")
         check_floating(x)
         assert self.group is not None
-        return transform_image(self.group, self._elements(g, sizes["B"]), x, mode=self.mode, padding=self.padding)
+        return transform_image(self.group, self._elements(g, sizes["B"], x.device), x, mode=self.mode, padding=self.padding)
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
@@ -112,7 +112,7 @@ class Mask(Action):
             return self(g, x[:, None])[:, 0]
         sizes = check_shape(x, "B C H W", name="mask")
         assert self.group is not None
-        g = self._elements(g, sizes["B"])
+        g = self._elements(g, sizes["B"], x.device)
         if self.exact:
             return transform_image(self.group, g, x, mode="nearest", padding=self.padding)
         work = x if x.dtype == torch.float64 else x.to(torch.float64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+
 import torch
 
 from ..errors import ElementError, check_positive_int
@@ -102,7 +103,7 @@ class FiniteGroup(Group):
     """A finite group whose elements are indices ``0 .. order-1`` (int64 tensors of shape ``(B,)``).
 
     Index 0 is always the identity. :meth:`compose` and :meth:`inverse` work
-    element-wise on index tensors of any (broadcastable) shape.
+    element-wise on index tensors of any (broadcastable) shape with at least one dimension.
     """
 
     @property

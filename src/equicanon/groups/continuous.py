@@ -129,7 +129,7 @@ def _so3_testing() -> torch.Tensor:
              axis_angle((1, 1, 1), 120), axis_angle((0, 1, 0), 37.0)]
     gen = torch.Generator().manual_seed(0)
     rand = _quaternion_to_matrix(torch.randn(3, 4, generator=gen, dtype=torch.float64))
-    return torch.cat(fixed + [rand])
+    return torch.cat([*fixed, rand])
 
 
 class _Spatial(MatrixGroup):

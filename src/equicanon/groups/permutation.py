@@ -93,8 +93,9 @@ class S(Group):
         rev = ident[::-1]
         gen = torch.Generator().manual_seed(0)
         rand = torch.argsort(torch.rand(2, n, generator=gen), dim=1)
-        fixed = torch.tensor([ident, swap, shift, rev], dtype=torch.long)
-        return torch.cat([fixed, rand]).to(device)
+        candidates = [ident, swap, shift, rev, *rand.tolist()]
+        distinct = list(dict.fromkeys(tuple(p) for p in candidates))  # keeps order
+        return torch.tensor(distinct, dtype=torch.long, device=device)
 
     def check(self, g: object, name: str = "g") -> torch.Tensor:
         if not isinstance(g, torch.Tensor):

@@ -1,0 +1,112 @@
+"""Wrapping a predictor: canonicalization (one pass) and group averaging (|G| passes)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .actions import Action, Image, Trivial
+from .canonicalizers.base import Canonicalization, Canonicalizer
+from .canonicalizers.functional import all_transforms
+from .errors import ConfigError, GroupMismatchError, check_positive_int
+from .groups import FiniteGroup, Group
+
+__all__ = ["Canonicalized", "GroupAveraged"]
+
+
+def _check_module(obj: object, name: str) -> None:
+    if not callable(obj):
+        raise ConfigError(f"{name} must be a callable module, got {type(obj).__name__}")
+
+
+class Canonicalized(nn.Module):
+    """``f(x) = h(x) ⋆ p(h(x)⁻¹·x)``: any predictor ``p`` made equivariant by a canonicalizer.
+
+    Args:
+        predictor: any module; it sees canonical inputs, e.g. ``(B, C, H, W)`` images.
+        canonicalizer: a :class:`~equicanon.canonicalizers.Canonicalizer` giving ``h(x)``.
+        output: how the pose acts on predictions: :class:`~equicanon.actions.Trivial`
+            (default; invariant outputs such as class logits), :class:`~equicanon.actions.Mask`
+            or :class:`~equicanon.actions.Image` for dense outputs (segmentation masks,
+            heatmaps: mapped back by the pose), :class:`~equicanon.actions.Vectors` or
+            :class:`~equicanon.actions.Points` for vector outputs. Its group must be the
+            canonicalizer's.
+
+    Example:
+        >>> canon = ec.canonicalizers.GroupConv(ec.C(4), in_channels=3)
+        >>> model = Canonicalized(my_cnn, canon)
+        >>> logits = model(images)                      # invariant to C(4)
+        >>> logits, res = model(images, return_canonicalization=True)
+        >>> loss = task_loss(logits, labels) + 100 * canon.prior_loss(res)
+    """
+
+    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None) -> None:
+        super().__init__()
+        _check_module(predictor, "predictor")
+        if not isinstance(canonicalizer, Canonicalizer):
+            raise ConfigError(f"canonicalizer must be an equicanon Canonicalizer, got {type(canonicalizer).__name__}")
+        self.output = Trivial() if output is None else output
+        canonicalizer.check_action(self.output)
+        self.predictor = predictor
+        self.canonicalizer = canonicalizer
+
+    @property
+    def group(self) -> Group:
+        """The group the model is equivariant to."""
+        return self.canonicalizer.group
+
+    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
+        """Predict on ``x``; with ``return_canonicalization`` also return the :class:`Canonicalization`."""
+        result = self.canonicalizer(x)
+        prediction = self.predictor(result.canonical)
+        out = self.output(result.pose, prediction)
+        return (out, result) if return_canonicalization else out
+
+
+class GroupAveraged(nn.Module):
+    """``f(x) = mean_k g_k ⋆ p(g_k⁻¹·x)``: the |G|-pass symmetrisation baseline.
+
+    All ``|G|`` copies of the batch go through ``predictor`` as one batch of
+    ``B·|G|`` (or in chunks of ``chunk_size`` copies, to bound memory).
+
+    Args:
+        predictor: any module.
+        group: a finite group (C(n), D(n)); continuous groups need frame averaging.
+        input: how the group acts on inputs; default :class:`~equicanon.actions.Image`.
+        output: how it acts on predictions; default :class:`~equicanon.actions.Trivial`
+            (invariant logits are averaged); dense outputs are mapped back before averaging.
+        chunk_size: copies per predictor call (``None``: all ``|G|`` at once).
+    """
+
+    def __init__(self, predictor: nn.Module, group: Group, *, input: Action | None = None,
+                 output: Action | None = None, chunk_size: int | None = None) -> None:
+        super().__init__()
+        _check_module(predictor, "predictor")
+        if not isinstance(group, FiniteGroup):
+            raise ConfigError(f"GroupAveraged averages over the elements of a finite group; got {group!r}. "
+                              "For continuous groups use frame averaging or a canonicalizer.")
+        self.predictor = predictor
+        self.group = group
+        self.input = Image(group) if input is None else input
+        self.output = Trivial() if output is None else output
+        for name, action in (("input", self.input), ("output", self.output)):
+            if action.group is not None and action.group != group:
+                raise GroupMismatchError(f"GroupAveraged({group}): the {name} action {action!r} uses {action.group}")
+        self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Average of the predictor over all transformed copies of ``x: (B, *)``."""
+        group, b, n = self.group, x.shape[0], self.group.order
+        copies = all_transforms(group, self.input, x)  # (B, |G|, *): [:, k] = g_k^-1 x
+        step = n if self.chunk_size is None else self.chunk_size
+        total: torch.Tensor | None = None
+        for start in range(0, n, step):
+            k = torch.arange(start, min(start + step, n), device=x.device)
+            batch = copies[:, start:start + len(k)].transpose(0, 1).reshape(len(k) * b, *x.shape[1:])
+            pred = self.predictor(batch)
+            mapped = self.output(k.repeat_interleave(b), pred)
+            part = mapped.reshape(len(k), b, *mapped.shape[1:]).sum(0)
+            total = part if total is None else total + part
+        assert total is not None
+        return total / n

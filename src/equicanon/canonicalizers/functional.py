@@ -1,0 +1,176 @@
+"""Functional core of canonicalization: poses from network outputs, canonical forms, losses.
+
+Discrete groups (C(n), D(n)): logits ``ℓ (B, |G|)`` that permute under the
+regular action give the pose ``h = argmax ℓ``; the canonical form is
+``h⁻¹·x``. Training uses straight-through gradients: the forward value is the
+hard canonical form, the backward pass that of the softmax(ℓ/τ)-weighted
+mixture of all ``|G|`` transformed inputs.
+
+Continuous groups: the regular logits are turned into the matrix
+``M = Σ_h ℓ_h ρ(h)``, which moves as ``M(g·x) = ρ(g) M(x)``; Gram–Schmidt on its
+columns gives an orthogonal pose that moves the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..actions import Action
+from ..errors import ShapeError
+from ..groups import FiniteGroup
+
+__all__ = [
+    "straight_through",
+    "all_transforms",
+    "discrete_canonicalize",
+    "gram_schmidt",
+    "regular_to_matrix",
+    "identity_cross_entropy",
+    "matrix_prior",
+]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Value of ``hard``; gradient to both ``hard`` and ``soft``."""
+
+    @staticmethod
+    def forward(ctx: object, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, grad
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Return exactly ``hard`` in the forward pass; in backward, pass the gradient to ``hard`` and ``soft``.
+
+    Unlike ``hard + soft - soft.detach()`` the value is bit-exact, so exact
+    invariance of canonical forms also holds in training mode.
+    """
+    return _StraightThrough.apply(hard, soft)
+
+
+def all_transforms(group: FiniteGroup, action: Action, x: torch.Tensor, *, inverse: bool = True) -> torch.Tensor:
+    """All ``|G|`` transformed copies of a batch, computed as one batch.
+
+    Args:
+        x: ``(B, *)`` inputs.
+        inverse: give ``g_k⁻¹·x`` (default) rather than ``g_k·x``.
+
+    Returns:
+        ``(B, |G|, *)`` with entry ``[:, k]`` equal to ``g_k⁻¹·x`` (or ``g_k·x``).
+    """
+    n, b = group.order, x.shape[0]
+    elements = group.elements(device=x.device)
+    if inverse:
+        elements = group.inverse(elements)
+    copies = action(elements.repeat_interleave(b), x.repeat(n, *([1] * (x.ndim - 1))))
+    return copies.reshape(n, b, *x.shape[1:]).transpose(0, 1)
+
+
+def discrete_canonicalize(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    group: FiniteGroup,
+    action: Action,
+    *,
+    temperature: float = 1.0,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pose ``h = argmax ℓ`` and canonical form ``h⁻¹·x``, with straight-through gradients.
+
+    Args:
+        x: ``(B, *)`` inputs that ``action`` transforms.
+        logits: ``(B, |G|)`` regular logits.
+        temperature: ``τ`` of the softmax used in the backward pass.
+        noise: optional ``(B, |G|)`` noise added to the logits for both the pose and the
+            softmax (Gumbel-softmax straight-through); ``None`` for exact equivariance.
+
+    Returns:
+        ``(canonical, pose)``: ``(B, *)`` and ``(B,)`` int64. The mixture of all ``|G|``
+        transforms is computed only when gradients will flow to ``logits``.
+    """
+    if logits.ndim != 2 or logits.shape != (x.shape[0], group.order):
+        raise ShapeError(f"logits: expected shape ({x.shape[0]}, {group.order}), got {tuple(logits.shape)}")
+    scores = logits if noise is None else logits + noise
+    pose = scores.argmax(dim=-1)
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return action(group.inverse(pose), x), pose
+    copies = all_transforms(group, action, x)  # (B, |G|, *)
+    weights = torch.softmax(scores / temperature, dim=-1).to(copies.dtype)
+    soft = torch.einsum("bk,bk...->b...", weights, copies)
+    hard = copies[torch.arange(x.shape[0], device=x.device), pose]
+    return straight_through(hard, soft), pose
+
+
+def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> torch.Tensor:
+    """Orthonormalise ``k`` vectors in ``d`` dimensions into ``(B, d, d)`` orthogonal matrices.
+
+    Args:
+        vectors: ``(B, d, k)``, the ``k`` vectors as columns (``k = d``, or ``k = d - 1``
+            when ``special``; the last column is then completed).
+        special: if True the result has ``det = +1`` (SO(d)): with ``k = d`` the last
+            column's sign is chosen; with ``k = d - 1`` it is the completing column. If
+            False (O(d)) the sign that Gram–Schmidt gives is kept, so reflections survive.
+        eps: added in quadrature to every norm, so collinear or zero vectors give finite
+            results and gradients instead of NaN.
+
+    Equivariant: ``gram_schmidt(Q @ V) = Q @ gram_schmidt(V)`` for orthogonal ``Q`` (with
+    ``det Q = 1`` when ``special`` and ``k = d - 1``).
+    """
+    if vectors.ndim != 3 or vectors.shape[-1] not in (vectors.shape[-2], vectors.shape[-2] - 1):
+        raise ShapeError(f"vectors: expected shape (B, d, d) or (B, d, d-1), got {tuple(vectors.shape)}")
+    d, k = vectors.shape[-2], vectors.shape[-1]
+    if k == d - 1 and not special:
+        raise ShapeError("gram_schmidt: O(d) poses need d vectors; d-1 vectors only fix an SO(d) pose")
+    columns: list[torch.Tensor] = []
+    for i in range(k):
+        v = vectors[:, :, i]
+        for u in columns:
+            v = v - (u * v).sum(-1, keepdim=True) * u
+        columns.append(v / torch.sqrt((v * v).sum(-1, keepdim=True) + eps * eps))
+    if k == d - 1:
+        columns.append(_complete(columns))
+    q = torch.stack(columns, dim=-1)
+    if special and k == d:
+        sign = torch.sign(torch.linalg.det(q.detach().double())).to(q.dtype)
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        q = torch.cat([q[..., :-1], q[..., -1:] * sign[:, None, None]], dim=-1)
+    return q
+
+
+def _complete(columns: list[torch.Tensor]) -> torch.Tensor:
+    """The unit column that completes ``d - 1`` orthonormal columns to a rotation (``det = +1``)."""
+    d = columns[0].shape[-1]
+    if d == 2:
+        a = columns[0]
+        return torch.stack([-a[:, 1], a[:, 0]], dim=-1)
+    if d == 3:
+        return torch.linalg.cross(columns[0], columns[1], dim=-1)
+    # generalised cross product: cofactors of the (d-1) x d matrix of the columns
+    m = torch.stack(columns, dim=-2)  # (B, d-1, d)
+    out = []
+    for j in range(d):
+        minor = torch.cat([m[..., :j], m[..., j + 1:]], dim=-1)
+        out.append(((-1) ** (d - 1 + j)) * torch.linalg.det(minor))
+    return torch.stack(out, dim=-1)
+
+
+def regular_to_matrix(group: FiniteGroup, logits: torch.Tensor) -> torch.Tensor:
+    """``M = Σ_h ℓ_h ρ(h)``: ``(B, |G|)`` regular logits to ``(B, d, d)`` matrices with ``M(g·x) = ρ(g) M(x)``."""
+    mats = group.matrix(group.elements(device=logits.device), dtype=logits.dtype)
+    return torch.einsum("bk,kij->bij", logits, mats)
+
+
+def identity_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Prior for discrete poses: cross-entropy of ``(B, |G|)`` logits against the identity (index 0)."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def matrix_prior(pose: torch.Tensor) -> torch.Tensor:
+    """Prior for continuous poses: mean over the batch of ``‖R − I‖²_F``."""
+    eye = torch.eye(pose.shape[-1], dtype=pose.dtype, device=pose.device)
+    return ((pose - eye) ** 2).sum(dim=(-2, -1)).mean()
+

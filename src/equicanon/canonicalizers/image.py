@@ -1,0 +1,148 @@
+"""Learned canonicalization of images with a group-convolutional network (Kaba et al., 2023)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..actions import Image
+from ..errors import ConfigError, GroupMismatchError, check_floating, check_positive_int, check_shape
+from ..groups import O2, SO2, C, D, FiniteGroup, Group, PlanarFiniteGroup
+from ..nn import GroupBatchNorm, GroupConv2d, LiftingConv2d
+from .base import Canonicalization, Canonicalizer, RegistryCase, register
+from .functional import discrete_canonicalize, gram_schmidt, identity_cross_entropy, matrix_prior, regular_to_matrix
+
+__all__ = ["GroupConv", "center_crop_resize"]
+
+
+def center_crop_resize(x: torch.Tensor, crop: float | None, resize: int | None) -> torch.Tensor:
+    """The centre ``crop`` fraction of ``x`` ``(B, C, H, W)``, resized to ``resize`` pixels a side.
+
+    The crop removes the same number of pixels on each side, and the resize
+    (bilinear, antialiased, ``align_corners=False``) maps the grid centre to the
+    grid centre, so both commute with rotations about the centre.
+    """
+    if crop is not None:
+        h, w = x.shape[-2:]
+        mh, mw = round(h * (1 - crop) / 2), round(w * (1 - crop) / 2)
+        x = x[..., mh:h - mh, mw:w - mw]
+    if resize is not None and tuple(x.shape[-2:]) != (resize, resize):
+        x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False,
+                          antialias=resize < min(x.shape[-2:]))
+    return x
+
+
+def _network_group(group: Group, rotations: int) -> PlanarFiniteGroup:
+    if isinstance(group, PlanarFiniteGroup):
+        return group
+    if isinstance(group, SO2):
+        return C(rotations)
+    if isinstance(group, O2):
+        return D(rotations)
+    raise GroupMismatchError(f"GroupConv canonicalizes images under C(n), D(n), SO2() or O2(), got {group!r}")
+
+
+class GroupConv(Canonicalizer):
+    """Learned canonicalization of images by a group-equivariant CNN.
+
+    A lifting convolution and ``layers - 1`` group convolutions on the regular
+    representation produce logits ``ℓ (B, |G|)`` that permute under the group.
+    For ``C(n)``/``D(n)`` the pose is ``argmax ℓ`` (straight-through gradients
+    in training); for ``SO2()``/``O2()`` the network runs on ``C(rotations)`` /
+    ``D(rotations)`` and the pose is the orthogonal part of ``Σ_h ℓ_h ρ(h)``.
+
+    Args:
+        group: pose group: ``C(n)``, ``D(n)``, ``SO2()`` or ``O2()``.
+        in_channels: channels of the input images.
+        hidden: channels per group element in the hidden layers.
+        layers: number of convolution layers (>= 2).
+        kernel_size: odd filter size.
+        crop: if set, the network sees only the centre ``crop`` fraction of the image
+            (the paper's setup for large inputs: 0.8); the canonical form is always
+            computed on the whole input.
+        resize: if set, the (cropped) view is resized to ``resize`` pixels a side (paper: 96).
+        temperature: softmax temperature of the straight-through backward pass.
+        gumbel: add Gumbel noise to the logits in training mode (never in eval mode).
+        padding: how :class:`equicanon.actions.Image` fills pixels that rotations by
+            angles other than multiples of 90° bring in.
+        rotations: size of the rotation subgroup the network uses for SO2()/O2() poses.
+        batch_norm: use :class:`equicanon.nn.GroupBatchNorm` between layers.
+
+    Example:
+        >>> canon = GroupConv(C(4), in_channels=3)
+        >>> res = canon(torch.randn(2, 3, 29, 29))
+        >>> res.canonical.shape, res.pose.shape, res.logits.shape
+        (torch.Size([2, 3, 29, 29]), torch.Size([2]), torch.Size([2, 4]))
+    """
+
+    def __init__(self, group: Group, in_channels: int, *, hidden: int = 16, layers: int = 3, kernel_size: int = 5,
+                 crop: float | None = None, resize: int | None = None, temperature: float = 1.0,
+                 gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True) -> None:
+        super().__init__()
+        self.group = group
+        self.net_group = _network_group(group, check_positive_int(rotations, "rotations"))
+        self.action = Image(group, padding=padding)
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        check_positive_int(layers, "layers", minimum=2)
+        if crop is not None and not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+            raise ConfigError(f"crop must be a fraction in (0, 1], got {crop!r}")
+        self.crop = None if crop is None else float(crop)
+        self.resize = None if resize is None else check_positive_int(resize, "resize")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.gumbel = bool(gumbel)
+        g = self.net_group
+        blocks: list[nn.Module] = [LiftingConv2d(g, in_channels, hidden, kernel_size)]
+        for i in range(layers - 1):
+            if batch_norm:
+                blocks.append(GroupBatchNorm(hidden))
+            blocks.append(nn.ReLU())
+            blocks.append(GroupConv2d(g, hidden, 1 if i == layers - 2 else hidden, kernel_size))
+        self.net = nn.Sequential(*blocks)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Regular logits ``(B, |G_net|)`` of images ``(B, C, H, W)``."""
+        view = center_crop_resize(x, self.crop, self.resize)
+        return self.net(view).mean(dim=(1, 3, 4))
+
+    def forward(self, x: torch.Tensor) -> Canonicalization:
+        """Canonicalize images ``x: (B, C, H, W)``."""
+        check_shape(x, "B C H W", C=self.in_channels)
+        check_floating(x)
+        logits = self.logits(x)
+        if isinstance(self.group, FiniteGroup):
+            noise = None
+            if self.gumbel and self.training:
+                u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)
+                noise = -torch.log(-torch.log(u))
+            canonical, pose = discrete_canonicalize(x, logits, self.group, self.action,
+                                                    temperature=self.temperature, noise=noise)
+            return Canonicalization(canonical, pose, self.group, logits=logits)
+        matrix = regular_to_matrix(self.net_group, logits)
+        pose = gram_schmidt(matrix, special=isinstance(self.group, SO2))
+        canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)
+        return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix})
+
+    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
+        """Cross-entropy to the identity (discrete groups) or ``‖R − I‖²_F`` (SO2/O2), averaged over the batch."""
+        if result.logits is not None:
+            return identity_cross_entropy(result.logits)
+        return matrix_prior(result.pose)
+
+
+def _cases() -> list[RegistryCase]:
+    shape = (2, 3, "size", "size")
+    cases = [
+        RegistryCase(f"{g}", lambda g=g: GroupConv(g, 3, hidden=4, layers=3, kernel_size=3), shape)
+        for g in (C(4), D(4), C(2), D(1))
+    ]
+    cases.append(RegistryCase("C(4) crop+resize", lambda: GroupConv(C(4), 3, hidden=4, crop=0.8, resize=15), shape))
+    cases.append(RegistryCase("C(8)", lambda: GroupConv(C(8), 3, hidden=4, kernel_size=3), shape, exact=False))
+    cases.append(RegistryCase("SO2", lambda: GroupConv(SO2(), 3, hidden=4, kernel_size=3), shape, exact=False))
+    cases.append(RegistryCase("O2", lambda: GroupConv(O2(), 3, hidden=4, kernel_size=3), shape, exact=False))
+    return cases
+
+
+register("group_conv", _cases)(GroupConv)

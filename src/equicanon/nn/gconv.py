@@ -1,0 +1,299 @@
+"""Group convolutions on the regular representation of C(n) and D(n), in plain torch.
+
+Feature maps are ``(B, C, |G|, H, W)``: one channel-stack per group element.
+``g`` acts on them by moving pixels (the image action) and permuting the group
+axis (the regular action): ``(g·F)[:, c, k](p) = F[:, c, g⁻¹k](g⁻¹p)``.
+:class:`RegularFeatures` is that action, for use with
+:func:`equicanon.testing.assert_equivariant`.
+
+Filters come in two kinds (``filters=``):
+
+- ``"free"``: every pixel of the filter is a parameter, and the filter is moved
+  by :class:`equicanon.actions.Image` — exact index operations for multiples of
+  90° and flips, bilinear interpolation otherwise.
+- ``"steerable"``: the filter is a combination of smooth basis functions
+  (Gaussian rings times ``cos mφ``, ``sin mφ``), each *evaluated* at the
+  rotated sample positions, so a 45° filter is as well sampled as an upright
+  one. Interpolating random free filters by 45° blurs them, which biases the
+  argmax of C(8) logits towards the quarter-turn elements; steerable filters
+  avoid that. The default, ``"auto"``, is free for groups whose rotations are
+  all multiples of 90° and steerable otherwise.
+
+Either way, quarter turns and flips move filters by exact index operations,
+so layers on C(4)/D(4) and their subgroups, and the quarter-turn elements of
+any C(n)/D(n), are exactly equivariant for odd and even image sizes (stride 1,
+symmetric "same" zero padding, odd kernels). Other angles are approximate;
+``docs/images.md`` gives the measured error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..actions import Action, Image, Regular
+from ..actions.base import _randn
+from ..actions.image import transform_image
+from ..errors import ConfigError, GroupMismatchError, check_choice, check_positive_int, check_shape
+from ..groups import Group, PlanarFiniteGroup
+
+__all__ = [
+    "RegularFeatures",
+    "transform_filters",
+    "steerable_basis",
+    "LiftingConv2d",
+    "GroupConv2d",
+    "GroupBatchNorm",
+    "GroupPool",
+    "EquivariantAvgPool2d",
+]
+
+
+def _check_group(group: object, what: str) -> PlanarFiniteGroup:
+    if not isinstance(group, PlanarFiniteGroup):
+        raise GroupMismatchError(f"{what} needs a finite planar group C(n) or D(n), got {group!r}")
+    return group
+
+
+def _check_kernel(kernel_size: object) -> int:
+    k = check_positive_int(kernel_size, "kernel_size")
+    if k % 2 == 0:
+        raise ConfigError(f"kernel_size must be odd (a filter needs a centre pixel to rotate about), got {k}")
+    return k
+
+
+class RegularFeatures(Action):
+    """Action of a finite planar group on feature maps ``(B, C, |G|, H, W)``."""
+
+    def __init__(self, group: Group, padding: str = "zeros") -> None:
+        self.group = _check_group(group, "RegularFeatures")
+        self._image = Image(group, padding=padding)
+        self._regular = Regular(group, dim=2)
+        self.exact = self._image.exact
+
+    def __repr__(self) -> str:
+        return f"RegularFeatures({self.group!r})"
+
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.group, PlanarFiniteGroup)
+        sizes = check_shape(x, "B C G H W", G=self.group.order)
+        b, c, n, h, w = x.shape
+        g = self._elements(g, sizes["B"], x.device)
+        moved = self._image(g, x.reshape(b, c * n, h, w)).reshape(b, c, n, h, w)
+        return self._regular(g, moved)
+
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        assert isinstance(self.group, PlanarFiniteGroup)
+        return _randn((batch, 2, self.group.order, 13, 13), generator, dtype, device)
+
+
+FILTERS = ("auto", "free", "steerable")
+
+
+def steerable_basis(group: PlanarFiniteGroup, kernel_size: int, *, sigma: float = 0.6,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A smooth filter basis sampled at every group element's transformed pixel positions.
+
+    Basis functions are rings of radius ``r = 0 .. k//2`` with a Gaussian profile
+    (``sigma`` pixels) times ``cos(mφ)`` and ``sin(mφ)`` for ``m <= min(2r, r+1)``,
+    each scaled to unit norm. Entry ``[j, b]`` is basis function ``b`` moved by
+    element ``j``: ``b(g_j⁻¹ p)``, evaluated analytically for general angles and by
+    exact index permutation of the identity's samples for quarter turns and flips.
+
+    Returns:
+        ``(|G|, n_basis, k, k)``.
+    """
+    from ..actions.functional import permute_image
+
+    k = kernel_size
+    half = (k - 1) / 2
+    coords = torch.stack(torch.meshgrid(torch.arange(k, dtype=torch.float64) - half,
+                                        half - torch.arange(k, dtype=torch.float64), indexing="xy"), -1)
+    elements = group.elements()
+    mats = group.matrix(elements, dtype=torch.float64)  # (|G|, 2, 2)
+    # source positions g^-1 p = M^T p
+    q = torch.einsum("gji,hwj->ghwi", mats, coords)
+    radius, phi = q.norm(dim=-1), torch.atan2(q[..., 1], q[..., 0])
+    functions = []
+    for r in range(int(half) + 1):
+        ring = torch.exp(-((radius - r) ** 2) / (2 * sigma**2))
+        functions.append(ring)
+        for m in range(1, (min(2 * r, r + 1) if r > 0 else 0) + 1):
+            functions += [ring * torch.cos(m * phi), ring * torch.sin(m * phi)]
+    basis = torch.stack(functions, dim=1)  # (|G|, n_basis, k, k)
+    basis = basis / basis[0].flatten(1).norm(dim=1)[None, :, None, None]
+    quarter = group.is_quarter_turn(elements)
+    eye = torch.eye(2, dtype=mats.dtype).expand_as(mats)
+    exact = permute_image(basis[:1].expand_as(basis), torch.where(quarter[:, None, None], mats, eye))
+    basis = torch.where(quarter[:, None, None, None], exact, basis)
+    return basis.to(dtype)
+
+
+def transform_filters(group: PlanarFiniteGroup, weight: torch.Tensor, *, regular_input: bool,
+                      basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Every group element applied to a filter bank.
+
+    Args:
+        group: C(n) or D(n).
+        weight: free filters ``(C_out, C_in, [|G|,] k, k)``, or with ``basis`` the
+            coefficients ``(C_out, C_in, [|G|,] n_basis)``; the ``|G|`` axis is
+            present for group convolutions (``regular_input``).
+        basis: ``(|G|, n_basis, k, k)`` from :func:`steerable_basis`, or ``None``
+            for free filters (moved with :class:`~equicanon.actions.Image`).
+
+    Returns:
+        ``(C_out, |G|, C_in, [|G|,] k, k)``: entry ``[:, j]`` is ``g_j·weight`` —
+        spatially moved by ``g_j`` and, for regular inputs, its group axis permuted.
+    """
+    n = group.order
+    elements = group.elements(device=weight.device)
+    if basis is None:
+        k = weight.shape[-1]
+        flat = weight.reshape(1, -1, k, k).expand(n, -1, k, k)
+        moved = transform_image(group, elements, flat, mode="bilinear", padding="zeros")
+        moved = moved.reshape(n, *weight.shape)  # (|G|, C_out, C_in, [|G|,] k, k)
+    else:
+        moved = torch.einsum("...b,gbhw->g...hw", weight, basis)
+    if regular_input:
+        moved = Regular(group, dim=3)(elements, moved)
+    return moved.transpose(0, 1)
+
+
+def _init_filters(module: nn.Module, group: PlanarFiniteGroup, shape: tuple[int, ...], kernel_size: int,
+                  fan_in: int, filters: str) -> None:
+    """Give ``module`` its ``weight`` parameter, ``basis`` buffer (``None`` for free filters) and ``filters`` kind."""
+    filters = check_choice(filters, FILTERS, "filters")
+    if filters == "auto":
+        filters = "free" if group.all_quarter_turns else "steerable"
+    module.filters = filters
+    if filters == "steerable":
+        basis = steerable_basis(group, kernel_size)
+        module.register_buffer("basis", basis, persistent=False)
+        module.weight = nn.Parameter(torch.randn(*shape, basis.shape[1]) / math.sqrt(fan_in))
+    else:
+        module.basis = None
+        module.weight = nn.Parameter(torch.randn(*shape, kernel_size, kernel_size) / math.sqrt(fan_in))
+
+
+class LiftingConv2d(nn.Module):
+    """Lifting convolution: images ``(B, C_in, H, W)`` to regular features ``(B, C_out, |G|, H, W)``.
+
+    Equivariant: ``lift(g·x) = g·lift(x)`` with :class:`equicanon.actions.Image` on the
+    input and :class:`RegularFeatures` on the output. Stride 1, "same" zero padding.
+    """
+
+    def __init__(self, group: Group, in_channels: int, out_channels: int, kernel_size: int = 5,
+                 bias: bool = True, filters: str = "auto") -> None:
+        super().__init__()
+        self.group = _check_group(group, "LiftingConv2d")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.kernel_size = _check_kernel(kernel_size)
+        _init_filters(self, self.group, (out_channels, in_channels), self.kernel_size,
+                      in_channels * kernel_size**2, filters)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def extra_repr(self) -> str:
+        return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"filters={self.filters!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, C_in, H, W)`` → ``(B, C_out, |G|, H, W)``."""
+        sizes = check_shape(x, "B C H W", C=self.in_channels)
+        n, k = self.group.order, self.kernel_size
+        filters = transform_filters(self.group, self.weight, regular_input=False, basis=self.basis)
+        filters = filters.reshape(self.out_channels * n, self.in_channels, k, k)
+        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        out = F.conv2d(x, filters, bias, padding=k // 2)
+        return out.reshape(sizes["B"], self.out_channels, n, *out.shape[-2:])
+
+
+class GroupConv2d(nn.Module):
+    """Group convolution on regular features: ``(B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)``.
+
+    Equivariant under :class:`RegularFeatures` on input and output. Stride 1,
+    "same" zero padding; the bias is one number per output channel, shared over
+    the group axis (a per-element bias would break equivariance).
+    """
+
+    def __init__(self, group: Group, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 bias: bool = True, filters: str = "auto") -> None:
+        super().__init__()
+        self.group = _check_group(group, "GroupConv2d")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.kernel_size = _check_kernel(kernel_size)
+        n = self.group.order
+        _init_filters(self, self.group, (out_channels, in_channels, n), self.kernel_size,
+                      in_channels * n * kernel_size**2, filters)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def extra_repr(self) -> str:
+        return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"filters={self.filters!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)``."""
+        n, k = self.group.order, self.kernel_size
+        sizes = check_shape(x, "B C G H W", C=self.in_channels, G=n)
+        filters = transform_filters(self.group, self.weight, regular_input=True, basis=self.basis)
+        filters = filters.reshape(self.out_channels * n, self.in_channels * n, k, k)
+        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        out = F.conv2d(x.reshape(sizes["B"], self.in_channels * n, *x.shape[-2:]), filters, bias, padding=k // 2)
+        return out.reshape(sizes["B"], self.out_channels, n, *out.shape[-2:])
+
+
+class GroupBatchNorm(nn.BatchNorm3d):
+    """Batch normalisation of regular features ``(B, C, |G|, H, W)``.
+
+    Statistics and affine parameters are per channel, shared over the group
+    axis and space, so normalisation commutes with the group action.
+    """
+
+
+class GroupPool(nn.Module):
+    """Pool the group axis: ``(B, C, |G|, H, W)`` → ``(B, C, H, W)``, invariant features.
+
+    ``mode`` is ``"max"`` or ``"mean"``.
+    """
+
+    def __init__(self, mode: str = "max") -> None:
+        super().__init__()
+        if mode not in ("max", "mean"):
+            raise ConfigError(f"GroupPool: mode must be 'max' or 'mean', got {mode!r}")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C G H W")
+        return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
+
+
+class EquivariantAvgPool2d(nn.Module):
+    """Halve the spatial size while keeping the grid centre: rotation-equivariant downsampling.
+
+    A plain stride-2 pool of an odd-sized image is centred off the grid centre,
+    so it breaks rotation equivariance. This pool uses a 2x2 window at even
+    sizes (``28 → 14``) and a 3x3 window with one pixel of zero padding at odd
+    sizes (``29 → 15``): the output grid is symmetric about the input's centre.
+    Works on ``(B, C, H, W)`` and ``(B, C, |G|, H, W)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:
+            b, c, n, h, w = x.shape
+            return self(x.reshape(b, c * n, h, w)).reshape(b, c, n, *self._out(h, w))
+        check_shape(x, "B C H W")
+        h, w = x.shape[-2:]
+        if h % 2 != w % 2:
+            raise ConfigError(f"EquivariantAvgPool2d needs H and W of the same parity, got {h}x{w}")
+        if h % 2 == 0:
+            return F.avg_pool2d(x, 2, 2)
+        return F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=True)
+
+    @staticmethod
+    def _out(h: int, w: int) -> tuple[int, int]:
+        return (h // 2, w // 2) if h % 2 == 0 else ((h + 1) // 2, (w + 1) // 2)
