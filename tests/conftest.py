@@ -7,7 +7,7 @@ call of an op can be slow); set ``HYPOTHESIS_PROFILE=thorough`` for a longer run
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -16,6 +16,16 @@ from hypothesis import settings
 settings.register_profile("equicanon", max_examples=30, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "equicanon"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Run tests on one thread: their tensors are tiny, and two threads mostly wait on each other
+    (3-20x slower when another process holds a core of the 2-core machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _smooth_image(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

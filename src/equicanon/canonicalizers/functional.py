@@ -118,7 +118,7 @@ def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> 
             results and gradients instead of NaN.
 
     Equivariant: ``gram_schmidt(Q @ V) = Q @ gram_schmidt(V)`` for orthogonal ``Q`` (with
-    ``det Q = 1`` when ``special`` and ``k = d - 1``).
+    ``det Q = 1`` when ``special``: a ``det = +1`` result cannot follow a reflection).
     """
     if vectors.ndim != 3 or vectors.shape[-1] not in (vectors.shape[-2], vectors.shape[-2] - 1):
         raise ShapeError(f"vectors: expected shape (B, d, d) or (B, d, d-1), got {tuple(vectors.shape)}")

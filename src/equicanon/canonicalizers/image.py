@@ -68,6 +68,8 @@ class GroupConv(Canonicalizer):
             angles other than multiples of 90° bring in.
         rotations: size of the rotation subgroup the network uses for SO2()/O2() poses.
         batch_norm: use :class:`equicanon.nn.GroupBatchNorm` between layers.
+        filters: ``"free"``, ``"steerable"`` or ``"auto"`` (steerable when the network's group has
+            angles other than multiples of 90°); see :mod:`equicanon.nn`.
 
     Example:
         >>> canon = GroupConv(C(4), in_channels=3)
@@ -78,28 +80,35 @@ class GroupConv(Canonicalizer):
 
     def __init__(self, group: Group, in_channels: int, *, hidden: int = 16, layers: int = 3, kernel_size: int = 5,
                  crop: float | None = None, resize: int | None = None, temperature: float = 1.0,
-                 gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True) -> None:
+                 gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True,
+                 filters: str = "auto") -> None:
         super().__init__()
         self.group = group
         self.net_group = _network_group(group, check_positive_int(rotations, "rotations"))
         self.action = Image(group, padding=padding)
         self.in_channels = check_positive_int(in_channels, "in_channels")
         check_positive_int(layers, "layers", minimum=2)
-        if crop is not None and not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+        if crop is not None and (isinstance(crop, bool) or not (isinstance(crop, (int, float)) and 0 < crop <= 1)):
             raise ConfigError(f"crop must be a fraction in (0, 1], got {crop!r}")
         self.crop = None if crop is None else float(crop)
         self.resize = None if resize is None else check_positive_int(resize, "resize")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
+        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
         self.temperature = float(temperature)
         self.gumbel = bool(gumbel)
         g = self.net_group
-        blocks: list[nn.Module] = [LiftingConv2d(g, in_channels, hidden, kernel_size)]
+        # A bias is dead weight before batch norm (which removes it) and in the last layer (a shift
+        # of all logits changes neither the argmax nor the softmax): convolutions have one only
+        # when a ReLU follows them directly.
+        blocks: list[nn.Module] = [LiftingConv2d(g, in_channels, hidden, kernel_size, bias=not batch_norm,
+                                                 filters=filters)]
         for i in range(layers - 1):
             if batch_norm:
                 blocks.append(GroupBatchNorm(hidden))
             blocks.append(nn.ReLU())
-            blocks.append(GroupConv2d(g, hidden, 1 if i == layers - 2 else hidden, kernel_size))
+            last = i == layers - 2
+            blocks.append(GroupConv2d(g, hidden, 1 if last else hidden, kernel_size, bias=not (batch_norm or last),
+                                      filters=filters))
         self.net = nn.Sequential(*blocks)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
