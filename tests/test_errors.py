@@ -22,6 +22,7 @@ from equicanon.errors import (
     EquivarianceError,
     GroupMismatchError,
     InputValueError,
+    MissingDependencyError,
     ShapeError,
     check_choice,
     check_finite,
@@ -42,6 +43,7 @@ BUILTIN_BASE = {
     ConfigError: ValueError,
     InputValueError: ValueError,
     EquivarianceError: AssertionError,
+    MissingDependencyError: ImportError,
 }
 
 

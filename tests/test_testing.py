@@ -252,3 +252,19 @@ def test_one_nan_among_finite_errors_is_the_worst() -> None:
     report = equivariance_error(f, G, Image(G), Trivial(), x)
     assert math.isnan(report.errors[2]) and not any(math.isnan(report.errors[k]) for k in (0, 1, 3))
     assert report.worst == 2 and math.isnan(report.max_error) and not report.passed
+
+
+@pytest.mark.parametrize("G", [ec.SO3(), ec.O3(), ec.SE3(), ec.E3()], ids=repr)
+def test_float32_elements_are_reprojected_when_checked_in_float64(G) -> None:
+    """A float32 rotation cast to float64 is orthogonal only to ~1e-7; the checker re-projects it,
+    so an exactly equivariant map passes the float64 tolerance with float32 samples."""
+    g32 = G.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    g64 = G.cast(g32, torch.float64)
+    m = G.matrix(g64)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(m)
+    assert torch.allclose(m.transpose(1, 2) @ m, eye, atol=1e-14)
+    assert torch.allclose(g64, g32.double(), atol=1e-6)
+    assert torch.equal(torch.sign(torch.linalg.det(m)), torch.sign(torch.linalg.det(G.matrix(g32).double())))
+    action = ec.actions.Points(G)
+    ec.testing.assert_equivariant(lambda x: x - x.mean(dim=1, keepdim=True), G, action, ec.actions.Vectors(G),
+                                  torch.randn(2, 7, 3), elements=g32)

@@ -5,15 +5,15 @@
     (C(8), D(4), SO3())
 """
 
-from . import actions, canonicalizers, errors, groups, nn, testing
-from .adapt import Canonicalized, GroupAveraged
-from .groups import O2, O3, SO2, SO3, C, D, S
+from . import actions, canonicalizers, errors, groups, metrics, nn, testing
+from .adapt import Canonicalized, FrameAveraged, GroupAveraged
+from .groups import E3, O2, O3, SE3, SO2, SO3, C, D, Octahedral, S
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "C", "D", "SO2", "O2", "SO3", "O3", "S",
-    "Canonicalized", "GroupAveraged",
-    "actions", "canonicalizers", "errors", "groups", "nn", "testing",
+    "C", "D", "SO2", "O2", "SO3", "O3", "S", "SE3", "E3", "Octahedral",
+    "Canonicalized", "GroupAveraged", "FrameAveraged",
+    "actions", "canonicalizers", "errors", "groups", "nn", "testing", "metrics",
     "__version__",
 ]

@@ -11,12 +11,18 @@ from .canonicalizers.functional import all_transforms
 from .errors import ConfigError, GroupMismatchError, check_positive_int
 from .groups import FiniteGroup, Group
 
-__all__ = ["Canonicalized", "GroupAveraged"]
+__all__ = ["Canonicalized", "GroupAveraged", "FrameAveraged", "pca_frames"]
 
 
 def _check_module(obj: object, name: str) -> None:
     if not callable(obj):
         raise ConfigError(f"{name} must be a callable module, got {type(obj).__name__}")
+
+
+def _check_actions(owner: str, group: Group, **actions: Action) -> None:
+    for name, action in actions.items():
+        if action.group is not None and action.group != group:
+            raise GroupMismatchError(f"{owner}: the {name} action {action!r} uses {action.group}")
 
 
 class Canonicalized(nn.Module):
@@ -90,9 +96,7 @@ class GroupAveraged(nn.Module):
         self.group = group
         self.input = Image(group) if input is None else input
         self.output = Trivial() if output is None else output
-        for name, action in (("input", self.input), ("output", self.output)):
-            if action.group is not None and action.group != group:
-                raise GroupMismatchError(f"GroupAveraged({group}): the {name} action {action!r} uses {action.group}")
+        _check_actions(f"GroupAveraged({group})", group, input=self.input, output=self.output)
         self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,3 +114,76 @@ class GroupAveraged(nn.Module):
             total = part if total is None else total + part
         assert total is not None
         return total / n
+
+
+def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
+    """Frames of Puny et al. (2022) from principal axes: ``(B, K, 3, 3)`` orthogonal matrices.
+
+    The covariance of the centred points moves as ``Q C Qᵀ``, so its eigenvectors
+    move with ``Q`` up to their signs; all sign choices are kept (``K = 8`` for O(3)
+    and E(3)), or those with ``det = +1`` (``K = 4`` for SO(3) and SE(3)). Exact
+    when the three eigenvalues are distinct; near-equal eigenvalues make the
+    frames, and the averaged prediction, unstable.
+    """
+    from .groups import E3, O3
+
+    centred = points - points.mean(dim=1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred
+    _, vecs = torch.linalg.eigh(cov)  # (B, 3, 3), columns sorted by eigenvalue
+    signs = torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)],
+                         dtype=points.dtype, device=points.device)  # (8, 3)
+    frames = vecs[:, None] * signs[None, :, None, :]  # (B, 8, 3, 3)
+    if isinstance(group, (O3, E3)):
+        return frames
+    keep = torch.linalg.det(frames) > 0  # exactly 4 of the 8 per sample
+    return frames[keep].reshape(points.shape[0], 4, 3, 3)
+
+
+class FrameAveraged(nn.Module):
+    """Frame averaging (Puny et al., 2022) over PCA frames: ``f(x) = mean_F F ⋆ p(F⁻¹·x)``.
+
+    The |G|-averaging baseline is impossible for continuous groups; averaging over
+    the 4 (SO(3), SE(3)) or 8 (O(3), E(3)) frames of the input's principal axes is
+    the standard replacement. All frames go through ``predictor`` as one batch.
+
+    Args:
+        predictor: any module on point clouds ``(B, N, 3)`` (or particles ``(B, N, 6+k)``).
+        group: SO3(), O3(), SE3() or E3(); rigid groups also centre the points.
+        input: how the group acts on inputs: :class:`~equicanon.actions.Points` (default)
+            or :class:`~equicanon.actions.Particles`.
+        output: how it acts on predictions (default :class:`~equicanon.actions.Trivial`).
+    """
+
+    def __init__(self, predictor: nn.Module, group: Group, *, input: Action | None = None,
+                 output: Action | None = None) -> None:
+        super().__init__()
+        from .actions import Points
+        from .groups import E3, O3, SE3, SO3
+
+        _check_module(predictor, "predictor")
+        if not isinstance(group, (SO3, O3, SE3, E3)):
+            raise GroupMismatchError(f"FrameAveraged uses PCA frames of 3-D points: SO3, O3, SE3 or E3, got {group!r}")
+        self.predictor = predictor
+        self.group = group
+        self.input = Points(group) if input is None else input
+        self.output = Trivial() if output is None else output
+        _check_actions(f"FrameAveraged({group})", group, input=self.input, output=self.output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Average of the predictor over the PCA frames of ``x: (B, N, 3 + …)``."""
+        from .groups import RigidGroup
+
+        b = x.shape[0]
+        positions = x[..., :3]
+        frames = pca_frames(positions, self.group)  # (B, K, 3, 3)
+        k = frames.shape[1]
+        rot = frames.reshape(b * k, 3, 3)
+        if isinstance(self.group, RigidGroup):
+            centre = positions.mean(dim=1).repeat_interleave(k, dim=0)
+            elements = self.group.from_parts(rot, centre)
+        else:
+            elements = rot
+        repeated = x.repeat_interleave(k, dim=0)
+        pred = self.predictor(self.input(self.group.inverse(elements), repeated))
+        mapped = self.output(elements, pred)
+        return mapped.reshape(b, k, *mapped.shape[1:]).mean(dim=1)

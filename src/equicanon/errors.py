@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "InputValueError",
     "EquivarianceError",
+    "MissingDependencyError",
     "check_shape",
     "check_floating",
     "check_same_device",
@@ -67,6 +68,10 @@ class InputValueError(EquicanonError, ValueError):
 
 class EquivarianceError(EquicanonError, AssertionError):
     """Raised by :func:`equicanon.testing.assert_equivariant` when a check fails."""
+
+
+class MissingDependencyError(EquicanonError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip command."""
 
 
 def format_shape(shape: Iterable[int]) -> str:

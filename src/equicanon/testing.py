@@ -133,7 +133,8 @@ def equivariance_error(
         in_action: how ``g`` acts on inputs ``x``.
         out_action: how ``g`` acts on outputs; a sequence of actions for tuple outputs.
         x: the input batch; by default ``in_action.example(batch)`` with a seeded generator.
-        elements: the elements to check, a batch; by default ``group.testing_elements()``.
+        elements: the elements to check, a batch; by default ``group.testing_elements()``. Matrices
+            of lower precision than ``dtype`` are re-projected onto the group after casting.
         dtype: floating dtype to run in (default float64); ``None`` keeps ``x`` and ``f`` as they are.
         atol, rtol: tolerance; by default from the output dtype (float64: 1e-9, 1e-7; float32: 1e-5, 1e-5).
         batch: batch size of the default input.
@@ -151,9 +152,10 @@ def equivariance_error(
     if isinstance(f, nn.Module) and dtype is not None:
         f = copy.deepcopy(f).to(dtype)
     if elements is None:
-        elements = group.testing_elements(device=x.device, dtype=dtype if dtype is not None else None)
+        elements = group.testing_elements(device=x.device, dtype=dtype if dtype is not None else
+                                          (x.dtype if x.is_floating_point() else None))
     else:
-        elements = _cast(group.check(elements, "elements"), dtype)
+        elements = group.cast(group.check(elements, "elements"), dtype)
     x_before = x.clone()
     with torch.no_grad():
         return _measure(f, group, in_action, out_action, x, x_before, elements, atol, rtol)
@@ -257,8 +259,9 @@ def canonicalizer_error(canonicalizer: nn.Module, x: torch.Tensor | None = None,
     if x is None:
         x = action.example(batch, generator=torch.Generator().manual_seed(0), dtype=dtype)
     x = _cast(x, dtype)
-    if elements is not None:
-        elements = _cast(elements, dtype)
+    if elements is None:
+        elements = group.testing_elements(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+    elements = group.cast(elements, dtype)
     common = {"elements": elements, "dtype": None, "atol": atol, "rtol": rtol}
     canonical = equivariance_error(lambda t: model(t).canonical, group, action, Trivial(), x, **common)
     pose = equivariance_error(lambda t: model(t).pose, group, action, Pose(group), x, **common)

@@ -3,6 +3,7 @@
 - :class:`Image` — images ``(B, C, H, W)`` under C(n), D(n), SO2(), O2()
 - :class:`Mask` — label maps ``(B, H, W)`` / ``(B, C, H, W)``, nearest-neighbour
 - :class:`Points` — point clouds ``(B, N, d)``; :class:`Vectors` — ``(B, *, d)``
+- :class:`Particles` — positions, velocities and invariant features ``(B, N, 6 + k)``
 - :class:`Regular` — an axis of size ``|G|`` (logits, group-conv features)
 - :class:`Set` — the element axis of sets under S(n)
 - :class:`Trivial` — invariant data
@@ -12,7 +13,7 @@
 from . import functional
 from .base import Action, Pose, Trivial
 from .discrete import Regular, Set
-from .geometric import Points, Vectors
+from .geometric import Particles, Points, Vectors
 from .image import Image, Mask
 
-__all__ = ["Action", "Pose", "Trivial", "Image", "Mask", "Points", "Vectors", "Regular", "Set", "functional"]
+__all__ = ["Action", "Pose", "Trivial", "Image", "Mask", "Points", "Particles", "Vectors", "Regular", "Set", "functional"]

@@ -25,7 +25,51 @@ def _normalise_dim(dim: int, ndim: int, what: str) -> int:
     return d
 
 
-class Regular(Action):
+class _AxisPermutation(Action):
+    """An action that permutes one non-batch axis of its input by a per-sample index."""
+
+    _needs: tuple[type, ...] = ()
+    _needs_text = ""
+    _size_text = ""
+    _size_letter = ""
+
+    def __init__(self, group: Group, dim: int = 1) -> None:
+        name = type(self).__name__
+        if not isinstance(group, self._needs):
+            raise GroupMismatchError(f"{name} {self._needs_text}, got {group!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise ConfigError(f"{name}: dim must be a non-batch axis (an int other than 0), got {dim!r}")
+        self.group = group
+        self.dim = dim
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.group!r}, dim={self.dim})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and (self.group, self.dim) == (other.group, other.dim)  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.group, self.dim))
+
+    def _size(self) -> int:
+        raise NotImplementedError
+
+    def _index(self, g: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``(B, size)``: output entry ``j`` reads input entry ``index[b, j]``."""
+        raise NotImplementedError
+
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        size = self._size()
+        if not isinstance(x, torch.Tensor) or x.ndim < 2:
+            check_shape(x, f"B {self._size_letter}", name="x", **{self._size_letter: size})
+        d = _normalise_dim(self.dim, x.ndim, repr(self))
+        if x.shape[d] != size:
+            raise ShapeError(f"{self}: expected axis {self.dim} of size {self._size_text} = {size}, got shape {tuple(x.shape)}")
+        g = self._elements(g, x.shape[0], x.device)
+        return _permute_axis(x, d, self._index(g, x.device))
+
+
+class Regular(_AxisPermutation):
     """The regular representation of a finite group on one axis of size ``|G|``.
 
     Group-conv features and canonicalizer logits carry one entry per group
@@ -36,43 +80,27 @@ class Regular(Action):
         dim: the axis of size ``|G|`` (default 1, as in logits ``(B, |G|)``).
     """
 
-    def __init__(self, group: Group, dim: int = 1) -> None:
-        if not isinstance(group, FiniteGroup):
-            raise GroupMismatchError(f"Regular needs a finite group with indexed elements (C(n), D(n)), got {group!r}")
-        if not isinstance(dim, int) or dim == 0:
-            raise ConfigError(f"Regular: dim must be a non-batch axis (an int other than 0), got {dim!r}")
-        self.group = group
-        self.dim = dim
+    _needs = (FiniteGroup,)
+    _needs_text = "needs a finite group with indexed elements (C(n), D(n))"
+    _size_text = "|G|"
+    _size_letter = "G"
 
-    def __repr__(self) -> str:
-        return f"Regular({self.group!r}, dim={self.dim})"
+    def _size(self) -> int:
+        assert isinstance(self.group, FiniteGroup)
+        return self.group.order
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Regular) and (self.group, self.dim) == (other.group, other.dim)
-
-    def __hash__(self) -> int:
-        return hash((Regular, self.group, self.dim))
-
-    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _index(self, g: torch.Tensor, device: torch.device) -> torch.Tensor:
         group = self.group
         assert isinstance(group, FiniteGroup)
-        if not isinstance(x, torch.Tensor) or x.ndim < 2:
-            check_shape(x, "B G", G=group.order, name="x")
-        d = _normalise_dim(self.dim, x.ndim, repr(self))
-        if x.shape[d] != group.order:
-            raise ShapeError(f"{self}: expected axis {self.dim} of size |G| = {group.order}, got shape {tuple(x.shape)}")
-        g = self._elements(g, x.shape[0], x.device)
         # (g·x)[j] = x[g^-1 j]
-        index = group.compose(group.inverse(g)[:, None], group.elements(device=x.device)[None, :])
-        return _permute_axis(x, d, index)
+        return group.compose(group.inverse(g)[:, None], group.elements(device=device)[None, :])
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        assert isinstance(self.group, FiniteGroup)
-        return _randn((batch, self.group.order), generator, dtype, device)
+        return _randn((batch, self._size()), generator, dtype, device)
 
 
-class Set(Action):
+class Set(_AxisPermutation):
     """Permutations of the elements of sets ``(B, n, *)``: ``(g·x)[:, p[i]] = x[:, i]``.
 
     Args:
@@ -80,35 +108,19 @@ class Set(Action):
         dim: the element axis (default 1).
     """
 
-    def __init__(self, group: Group, dim: int = 1) -> None:
-        if not isinstance(group, S):
-            raise GroupMismatchError(f"Set acts with a symmetric group S(n), got {group!r}")
-        if not isinstance(dim, int) or dim == 0:
-            raise ConfigError(f"Set: dim must be a non-batch axis (an int other than 0), got {dim!r}")
-        self.group = group
-        self.dim = dim
+    _needs = (S,)
+    _needs_text = "acts with a symmetric group S(n)"
+    _size_text = "n"
+    _size_letter = "n"
 
-    def __repr__(self) -> str:
-        return f"Set({self.group!r}, dim={self.dim})"
+    def _size(self) -> int:
+        assert isinstance(self.group, S)
+        return self.group.n
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Set) and (self.group, self.dim) == (other.group, other.dim)
-
-    def __hash__(self) -> int:
-        return hash((Set, self.group, self.dim))
-
-    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        group = self.group
-        assert isinstance(group, S)
-        if not isinstance(x, torch.Tensor) or x.ndim < 2:
-            check_shape(x, "B n", n=group.n, name="x")
-        d = _normalise_dim(self.dim, x.ndim, repr(self))
-        if x.shape[d] != group.n:
-            raise ShapeError(f"{self}: expected axis {self.dim} of size n = {group.n}, got shape {tuple(x.shape)}")
-        g = self._elements(g, x.shape[0], x.device)
-        return _permute_axis(x, d, group.inverse(g))
+    def _index(self, g: torch.Tensor, device: torch.device) -> torch.Tensor:
+        assert isinstance(self.group, S)
+        return self.group.inverse(g)
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        assert isinstance(self.group, S)
-        return _randn((batch, self.group.n, 3), generator, dtype, device)
+        return _randn((batch, self._size(), 3), generator, dtype, device)

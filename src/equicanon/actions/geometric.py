@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from ..errors import GroupMismatchError, check_floating, check_shape
-from ..groups import Group, S
+from ..errors import GroupMismatchError, ShapeError, check_floating, check_shape
+from ..groups import Group, RigidGroup, S
 from .base import Action, _randn
 
-__all__ = ["Vectors", "Points"]
+__all__ = ["Vectors", "Points", "Particles"]
 
 
 class Vectors(Action):
@@ -57,16 +57,62 @@ class Vectors(Action):
 
 
 class Points(Vectors):
-    """Rotations/reflections of point clouds ``(B, N, d)``: every point is multiplied by ``M(g)``.
+    """Point clouds ``(B, N, d)``: every point ``p`` goes to ``M(g) p`` (``+ t(g)`` for SE3()/E3()).
 
-    For 2-D points use a planar group (C(n), D(n), SO2(), O2()); for 3-D, SO3() or O3().
+    For 2-D points use a planar group (C(n), D(n), SO2(), O2()); for 3-D, SO3(),
+    O3(), SE3() or E3() (rigid motions also translate the points).
     """
 
     def _check(self, x: torch.Tensor) -> int:
         assert self.group is not None
         return check_shape(x, "B N d", d=self.group.dim)["B"]
 
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = super().__call__(g, x)
+        if isinstance(self.group, RigidGroup):
+            g = self._elements(g, x.shape[0], x.device)
+            out = out + self.group.translation(g).to(x.dtype)[:, None, :]
+        return out
+
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         assert self.group is not None
         return _randn((batch, 16, self.group.dim), generator, dtype, device)
+
+
+class Particles(Action):
+    """Particle systems ``(B, N, 6 + k)``: positions ``[..., 0:3]``, velocities ``[..., 3:6]``,
+    then ``k`` invariant features (charges, masses, types).
+
+    ``g`` moves positions as points (rotation and, for SE3()/E3(), translation),
+    rotates velocities without translating them, and leaves the features alone.
+    """
+
+    def __init__(self, group: Group) -> None:
+        if getattr(group, "dim", None) != 3 or isinstance(group, S):
+            raise GroupMismatchError(f"Particles acts with a 3-D group (SO3, O3, SE3, E3), got {group!r}")
+        self.group = group
+        self._points = Points(group)
+        self._vectors = Vectors(group)
+
+    def __repr__(self) -> str:
+        return f"Particles({self.group!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Particles) and other.group == self.group
+
+    def __hash__(self) -> int:
+        return hash((Particles, self.group))
+
+    def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B N F", name="particles")
+        if x.shape[-1] < 6:
+            raise ShapeError(f"particles: expected (B, N, 6 + k) with positions and velocities, got {tuple(x.shape)}")
+        check_floating(x, "particles")
+        pos = self._points(g, x[..., 0:3])
+        vel = self._vectors(g, x[..., 3:6])
+        return torch.cat([pos, vel, x[..., 6:]], dim=-1)
+
+    def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        return _randn((batch, 5, 7), generator, dtype, device)

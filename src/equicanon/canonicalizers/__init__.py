@@ -5,9 +5,12 @@ Every canonicalizer is an ``nn.Module`` returning a :class:`Canonicalization`
 registered by name: ``create("group_conv", group=C(8), in_channels=3)``.
 """
 
-from . import functional
+from . import backbones, functional
 from .base import Canonicalization, Canonicalizer, RegistryCase, RegistryEntry, available, create, entry, register
+from .contrastive import Contrastive
 from .image import GroupConv, center_crop_resize
+from .points import ParticleVectorNeurons, VectorNeurons
+from .sets import Sort
 
 __all__ = [
     "Canonicalization",
@@ -15,7 +18,12 @@ __all__ = [
     "RegistryCase",
     "RegistryEntry",
     "GroupConv",
+    "Contrastive",
+    "VectorNeurons",
+    "ParticleVectorNeurons",
+    "Sort",
     "available",
+    "backbones",
     "center_crop_resize",
     "create",
     "entry",

@@ -78,6 +78,7 @@ def discrete_canonicalize(
     *,
     temperature: float = 1.0,
     noise: torch.Tensor | None = None,
+    copies: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose ``h = argmax ℓ`` and canonical form ``h⁻¹·x``, with straight-through gradients.
 
@@ -87,18 +88,25 @@ def discrete_canonicalize(
         temperature: ``τ`` of the softmax used in the backward pass.
         noise: optional ``(B, |G|)`` noise added to the logits for both the pose and the
             softmax (Gumbel-softmax straight-through); ``None`` for exact equivariance.
+        copies: ``all_transforms(group, action, x)`` ``(B, |G|, *)`` when the caller has it
+            already (e.g. it scored every copy); the canonical form is then picked from it.
 
     Returns:
-        ``(canonical, pose)``: ``(B, *)`` and ``(B,)`` int64. The mixture of all ``|G|``
-        transforms is computed only when gradients will flow to ``logits``.
+        ``(canonical, pose)``: ``(B, *)`` and ``(B,)`` int64. Without ``copies``, the mixture
+        of all ``|G|`` transforms is computed only when gradients will flow to ``logits``.
     """
     if logits.ndim != 2 or logits.shape != (x.shape[0], group.order):
         raise ShapeError(f"logits: expected shape ({x.shape[0]}, {group.order}), got {tuple(logits.shape)}")
+    if copies is not None and copies.shape != (x.shape[0], group.order, *x.shape[1:]):
+        raise ShapeError(f"copies: expected shape {(x.shape[0], group.order, *x.shape[1:])}, got {tuple(copies.shape)}")
     scores = logits if noise is None else logits + noise
     pose = scores.argmax(dim=-1)
     if not (torch.is_grad_enabled() and logits.requires_grad):
+        if copies is not None:
+            return copies[torch.arange(x.shape[0], device=x.device), pose], pose
         return action(group.inverse(pose), x), pose
-    copies = all_transforms(group, action, x)  # (B, |G|, *)
+    if copies is None:
+        copies = all_transforms(group, action, x)  # (B, |G|, *)
     weights = torch.softmax(scores / temperature, dim=-1).to(copies.dtype)
     soft = torch.einsum("bk,bk...->b...", weights, copies)
     hard = copies[torch.arange(x.shape[0], device=x.device), pose]
@@ -114,8 +122,8 @@ def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> 
         special: if True the result has ``det = +1`` (SO(d)): with ``k = d`` the last
             column's sign is chosen; with ``k = d - 1`` it is the completing column. If
             False (O(d)) the sign that Gram–Schmidt gives is kept, so reflections survive.
-        eps: added in quadrature to every norm, so collinear or zero vectors give finite
-            results and gradients instead of NaN.
+        eps: lower bound on every norm divided by, so collinear or zero vectors give finite
+            results and gradients instead of NaN; columns longer than ``eps`` are normalised exactly.
 
     Equivariant: ``gram_schmidt(Q @ V) = Q @ gram_schmidt(V)`` for orthogonal ``Q`` (with
     ``det Q = 1`` when ``special``: a ``det = +1`` result cannot follow a reflection).
@@ -130,7 +138,9 @@ def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> 
         v = vectors[:, :, i]
         for u in columns:
             v = v - (u * v).sum(-1, keepdim=True) * u
-        columns.append(v / torch.sqrt((v * v).sum(-1, keepdim=True) + eps * eps))
+        # |v| clamped below at eps: unit columns (an exactly orthogonal pose) whenever |v| >= eps,
+        # and finite values and gradients for collinear or zero vectors
+        columns.append(v / torch.sqrt((v * v).sum(-1, keepdim=True).clamp_min(eps * eps)))
     if k == d - 1:
         columns.append(_complete(columns))
     q = torch.stack(columns, dim=-1)

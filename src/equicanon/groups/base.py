@@ -82,6 +82,14 @@ class Group(abc.ABC):
         """Shape of one element (without the batch dimension)."""
         return ()
 
+    def cast(self, g: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """Elements in ``dtype`` (integer elements are returned as they are).
+
+        Matrix groups re-project upcast matrices onto the group, so float32 samples
+        checked in float64 are orthogonal to float64 precision.
+        """
+        return g.to(dtype) if dtype is not None and g.is_floating_point() else g
+
     def batch_size(self, g: torch.Tensor) -> int:
         """Number of elements in the batch ``g``."""
         return int(g.shape[0])
@@ -182,6 +190,14 @@ class MatrixGroup(Group):
         g = self.check(g)
         return g.to(dtype) if dtype is not None else g
 
+    def cast(self, g: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        if dtype is None or dtype == g.dtype:
+            return g
+        out = g.to(dtype)
+        if torch.finfo(dtype).eps < torch.finfo(g.dtype).eps:
+            out = nearest_orthogonal(out)
+        return out
+
     def check(self, g: object, name: str = "g") -> torch.Tensor:
         d = self.dim
         if not isinstance(g, torch.Tensor):
@@ -195,6 +211,12 @@ class MatrixGroup(Group):
     def describe(self, g: torch.Tensor) -> str:
         rows = ["[" + ", ".join(f"{v:+.3f}" for v in row) + "]" for row in g[0].tolist()]
         return f"{self} matrix [{', '.join(rows)}]"
+
+
+def nearest_orthogonal(m: torch.Tensor) -> torch.Tensor:
+    """The orthogonal matrix nearest to each of ``m (B, d, d)`` (polar factor ``U Vᵀ``; keeps ``det``'s sign)."""
+    u, _, vh = torch.linalg.svd(m)
+    return u @ vh
 
 
 def snap(values: torch.Tensor, tol: float = 1e-12) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Equivariant building blocks in plain torch."""
+"""Equivariant building blocks in plain torch: group convolutions (images), vector neurons
+(3-D points), DeepSets (sets)."""
 
 from .gconv import (
     EquivariantAvgPool2d,
@@ -10,6 +11,8 @@ from .gconv import (
     steerable_basis,
     transform_filters,
 )
+from .sets import DeepSetsLayer, DeepSetsScorer
+from .vector_neurons import VNBatchNorm, VNEdgeConv, VNInvariant, VNLeakyReLU, VNLinear, VNMeanPool, knn
 
 __all__ = [
     "RegularFeatures",
@@ -20,4 +23,13 @@ __all__ = [
     "GroupBatchNorm",
     "GroupPool",
     "EquivariantAvgPool2d",
+    "knn",
+    "VNLinear",
+    "VNLeakyReLU",
+    "VNBatchNorm",
+    "VNMeanPool",
+    "VNInvariant",
+    "VNEdgeConv",
+    "DeepSetsLayer",
+    "DeepSetsScorer",
 ]

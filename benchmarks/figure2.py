@@ -1,0 +1,294 @@
+"""Figure 2 of EquiOptAdapt (Panigrahi & Mondal, 2024) on rotated Fashion-MNIST: identity metric against wall time.
+
+Two canonicalizers learn the canonicalization prior while the same predictor is
+trained on upright Fashion-MNIST (the prior says: training images are upright):
+
+- GroupConv + prior (learned canonicalization, Kaba et al. 2023, with Mondal et al.'s prior);
+- Contrastive + prior (EquiOptAdapt: a non-equivariant CNN scores all |G| copies; plus the contrastive loss).
+
+Both get the same predictor (same architecture and initial weights), the same batches in
+the same order, the same optimiser and the same training-time budget, in one process on one
+machine; their training steps are interleaved in blocks so that load on the machine hits both
+alike. Every ``--eval-every`` steps the identity metric (share of inputs whose pose is the
+identity) is measured on a fixed held-out set of upright test images; evaluation time is
+excluded from the training clock. At the end, both wrapped models are evaluated on the test
+images rotated by random elements of the group (accuracy is the same as upright, up to
+rounding, as the models are invariant).
+
+Writes a PNG plot (``--out``) and prints a markdown table with the training time each method
+needs to reach 90% and 95% identity rate and the ratio of the two (also written next to the PNG).
+
+Run: python benchmarks/figure2.py        (about 5 minutes on a 2-core CPU; --help lists the settings)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import equicanon as ec
+from equicanon.canonicalizers import Canonicalizer, Contrastive, GroupConv, backbones
+from equicanon.data import load_fashion_mnist
+from equicanon.metrics import argmax_margin, identity_rate
+
+THRESHOLDS = (0.90, 0.95)
+
+
+def predictor() -> nn.Module:
+    """The shared, non-equivariant classifier that sees canonical images (1 x 28 x 28 to 10 logits)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+@dataclass
+class Run:
+    """One method's model, optimiser, clock and curve."""
+
+    name: str
+    canon: Canonicalizer
+    model: ec.Canonicalized
+    opt: torch.optim.Optimizer
+    contrastive_weight: float = 0.0
+    steps: int = 0
+    train_seconds: float = 0.0
+    curve: list[tuple[int, float, float, float]] = field(default_factory=list)  # (step, seconds, identity, margin)
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.canon.parameters())
+
+
+def train_block(run: Run, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, steps: int,
+                batch: int, prior_weight: float) -> None:
+    """``steps`` optimisation steps on the shared batch stream, timed."""
+    run.model.train()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = order[(run.steps * batch) % len(order):][:batch]
+        if len(idx) < batch:  # wrap around the epoch
+            idx = torch.cat([idx, order[: batch - len(idx)]])
+        x, y = images[idx], labels[idx]
+        logits, res = run.model(x, return_canonicalization=True)
+        loss = F.cross_entropy(logits, y) + prior_weight * run.canon.prior_loss(res)
+        if run.contrastive_weight:
+            loss = loss + run.contrastive_weight * run.canon.contrastive_loss(res)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.steps += 1
+    run.train_seconds += time.perf_counter() - t0
+
+
+@torch.no_grad()
+def evaluate(run: Run, images: torch.Tensor, chunk: int = 500) -> tuple[float, float]:
+    """Identity rate and mean argmax margin on held-out upright images (not timed)."""
+    run.model.eval()
+    rates, margins = [], []
+    for start in range(0, len(images), chunk):
+        res = run.canon(images[start:start + chunk])
+        rates.append(identity_rate(res, reduction="none"))
+        margins.append(argmax_margin(res, reduction="none"))
+    return float(torch.cat(rates).float().mean()), float(torch.cat(margins).mean())
+
+
+@torch.no_grad()
+def rotated_accuracy(run: Run, images: torch.Tensor, labels: torch.Tensor, group: ec.groups.FiniteGroup,
+                     seed: int, chunk: int = 500) -> tuple[float, float]:
+    """Accuracy on upright test images and on the same images rotated by random group elements."""
+    run.model.eval()
+    g = group.sample(len(images), generator=torch.Generator().manual_seed(seed))
+    act = ec.actions.Image(group)
+    hits_up = hits_rot = 0
+    for start in range(0, len(images), chunk):
+        x, y, gb = images[start:start + chunk], labels[start:start + chunk], g[start:start + chunk]
+        hits_up += int((run.model(x).argmax(-1) == y).sum())
+        hits_rot += int((run.model(act(gb, x)).argmax(-1) == y).sum())
+    return hits_up / len(images), hits_rot / len(images)
+
+
+def time_to(curve: list[tuple[int, float, float, float]], threshold: float) -> tuple[float, int] | None:
+    """Training seconds and steps at the first evaluation with identity rate >= threshold (``None``: never)."""
+    for step, seconds, rate, _ in curve:
+        if rate >= threshold:
+            return seconds, step
+    return None
+
+
+def build(args: argparse.Namespace, group: ec.groups.FiniteGroup, seed: int) -> list[Run]:
+    """Both methods for one seed: one predictor initialisation copied into both; canonicalizers seeded alike."""
+    torch.manual_seed(seed)
+    shared = predictor()
+    torch.manual_seed(seed + 1)
+    group_conv = GroupConv(group, in_channels=1, hidden=args.gc_hidden, layers=3, kernel_size=5)
+    torch.manual_seed(seed + 1)
+    contrastive = Contrastive(group, backbones.SmallCNN(1, out_dim=args.embed_dim, hidden=args.cnn_hidden),
+                              temperature=args.temperature)
+    runs = []
+    for name, canon, weight in (("GroupConv + prior", group_conv, 0.0),
+                                ("Contrastive + prior", contrastive, args.contrastive_weight)):
+        model = ec.Canonicalized(copy.deepcopy(shared), canon)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        runs.append(Run(name, canon, model, opt, contrastive_weight=weight))
+    return runs
+
+
+def run_seed(args: argparse.Namespace, group: ec.groups.FiniteGroup, seed: int, data: dict[str, torch.Tensor]
+             ) -> tuple[list[Run], dict[str, tuple[float, float]]]:
+    """Train both methods on one seed's batch stream, interleaved in blocks, until each has used the budget."""
+    runs = build(args, group, seed)
+    order = torch.randperm(len(data["train_x"]), generator=torch.Generator().manual_seed(seed))
+    for run in runs:
+        run.curve.append((0, 0.0, *evaluate(run, data["eval_x"])))
+    while any(run.train_seconds < args.budget for run in runs):
+        for run in runs:
+            if run.train_seconds < args.budget:
+                block = args.eval_every if run.steps < args.dense_steps else 4 * args.eval_every
+                train_block(run, data["train_x"], data["train_y"], order, block, args.batch, args.prior_weight)
+                run.curve.append((run.steps, run.train_seconds, *evaluate(run, data["eval_x"])))
+    accuracies = {run.name: rotated_accuracy(run, data["test_x"], data["test_y"], group, seed) for run in runs}
+    return runs, accuracies
+
+
+def plot(results: list[list[Run]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    colours = ("tab:blue", "tab:orange")
+    for i, runs in enumerate(results):
+        for run, colour in zip(runs, colours, strict=True):
+            seconds = [c[1] for c in run.curve]
+            rates = [100 * c[2] for c in run.curve]
+            ax.plot(seconds, rates, marker="o", markersize=2, linewidth=1.2, color=colour, alpha=0.85,
+                    label=run.name if i == 0 else None)
+    for t in THRESHOLDS:
+        ax.axhline(100 * t, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("identity metric (%)")
+    ax.set_ylim(0, 101)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _median(values: list[float]) -> float:
+    return float(torch.tensor(values).median()) if values else math.nan
+
+
+def table(results: list[list[Run]], accuracies: list[dict[str, tuple[float, float]]], seeds: list[int]) -> str:
+    """Markdown: per method the median (and per-seed) time to each threshold; then the ratios."""
+    def cell(hits: list[tuple[float, int] | None]) -> str:
+        per = ", ".join("—" if h is None else f"{h[0]:.1f}" for h in hits)
+        reached = [h[0] for h in hits if h is not None]
+        if len(reached) < len(hits):
+            return f"not reached in {len(hits) - len(reached)} of {len(hits)} ({per})"
+        return f"**{_median(reached):.1f} s** ({per})" if len(hits) > 1 else f"**{reached[0]:.1f} s**"
+
+    names = [run.name for run in results[0]]
+    lines = ["| method | canonicalizer params | ms / step | time to 90% (median; per seed) | time to 95% (median; per seed) "
+             "| final identity | test acc. upright / rotated |", "|---|---|---|---|---|---|---|"]
+    for m, name in enumerate(names):
+        runs = [r[m] for r in results]
+        ms = 1000 * sum(r.train_seconds for r in runs) / max(sum(r.steps for r in runs), 1)
+        up = sum(a[name][0] for a in accuracies) / len(accuracies)
+        rot = sum(a[name][1] for a in accuracies) / len(accuracies)
+        final = sum(r.curve[-1][2] for r in runs) / len(runs)
+        lines.append(f"| {name} | {runs[0].params:,} | {ms:.1f} | {cell([time_to(r.curve, 0.90) for r in runs])} | "
+                     f"{cell([time_to(r.curve, 0.95) for r in runs])} | {100 * final:.1f}% | "
+                     f"{100 * up:.1f}% / {100 * rot:.1f}% |")
+    lines.append("")
+    for t in THRESHOLDS:
+        ratios, steps = [], []
+        for runs in results:
+            a, b = time_to(runs[0].curve, t), time_to(runs[1].curve, t)
+            ratios.append(None if a is None or b is None else a[0] / b[0])
+            steps.append(None if a is None or b is None else a[1] / b[1])
+        known = [r for r in ratios if r is not None]
+        per = ", ".join("—" if r is None else f"{r:.2f}x" for r in ratios)
+        per_steps = ", ".join("—" if r is None else f"{r:.2f}x" for r in steps)
+        if known:
+            lines.append(f"- time to {100 * t:.0f}% identity, GroupConv / Contrastive: **{_median(known):.2f}x** median "
+                         f"(seeds {', '.join(map(str, seeds))}: {per}; in steps: {per_steps})")
+        else:
+            lines.append(f"- time to {100 * t:.0f}% identity: not reached by both methods in any seed")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group", default="C4", choices=["C4", "C8"], help="rotation group (C8 interpolates 45°)")
+    parser.add_argument("--budget", type=float, default=30.0, help="training seconds per method and seed")
+    parser.add_argument("--seeds", type=int, default=3, help="repetitions with different inits and batch orders")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument("--contrastive-weight", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.1, help="τ of Contrastive: logits = cos / τ")
+    parser.add_argument("--gc-hidden", type=int, default=8, help="channels per group element of GroupConv")
+    parser.add_argument("--cnn-hidden", type=int, default=16, help="first-layer channels of Contrastive's SmallCNN")
+    parser.add_argument("--embed-dim", type=int, default=64, help="feature size of Contrastive's SmallCNN")
+    parser.add_argument("--eval-every", type=int, default=5,
+                        help="steps per interleaved block (one evaluation each); 4x as many after --dense-steps")
+    parser.add_argument("--dense-steps", type=int, default=200)
+    parser.add_argument("--eval-images", type=int, default=500, help="held-out upright test images for the identity metric")
+    parser.add_argument("--test-images", type=int, default=2000, help="test images for the final accuracies")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: robust when another process holds one of 2 cores)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "figure2.png")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    group = ec.C(4) if args.group == "C4" else ec.C(8)
+
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    test_x = test_x[:, None].float() / 255
+    data = {
+        "train_x": train_x[:, None].float() / 255, "train_y": train_y,
+        "eval_x": test_x[: args.eval_images],  # identity metric: held out, upright
+        "test_x": test_x[-args.test_images:], "test_y": test_y[-args.test_images:],  # accuracy: disjoint from eval_x
+    }
+    seeds = list(range(args.seeds))
+    results, accuracies = [], []
+    for seed in seeds:
+        runs, acc = run_seed(args, group, seed, data)
+        results.append(runs)
+        accuracies.append(acc)
+        print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
+
+    setup = (f"Fashion-MNIST: training on all {len(train_x)} upright training images; identity metric on "
+             f"{args.eval_images} held-out upright test images, accuracy on {args.test_images} other test images, "
+             f"rotated by random elements of {group}. Batch {args.batch}, Adam lr {args.lr}, prior weight "
+             f"{args.prior_weight}, contrastive weight {args.contrastive_weight}, τ {args.temperature}; {args.budget:g} s "
+             f"of training per method and seed, {len(seeds)} seeds; torch {torch.__version__}, "
+             f"{torch.get_num_threads()} thread(s), {platform.machine()}.")
+    title = f"Identity metric vs training time: Fashion-MNIST, {group}, {len(seeds)} seeds"
+    plot(results, args.out, title)
+    text = table(results, accuracies, seeds)
+    total = time.perf_counter() - started
+    report = f"{setup}\n\n{text}\n\nTotal runtime of the script: {total:.0f} s."
+    args.out.with_suffix(".md").write_text(report + "\n")
+    print(report)
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

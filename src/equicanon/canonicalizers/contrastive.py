@@ -1,0 +1,351 @@
+"""Optimization-based canonicalization with any network (EquiOptAdapt).
+
+Panigrahi & Mondal, CVPR 2024 workshop, *Improved Canonicalization for Model
+Agnostic Equivariance*. For a finite group ``G = {g_0 = e, g_1, ...}``, any network
+``φ`` and a fixed reference vector ``r``, the scores
+
+    ``s(x)[k] = cos(φ(g_k⁻¹·x), r)``
+
+permute under the regular representation, ``s(g·x)[g k] = s(x)[k]``, because the
+copies of ``g·x`` are the copies of ``x`` in another order. So ``h(x) = argmax_k s(x)[k]``
+is an equivariant pose and ``h(x)⁻¹·x`` an invariant canonical form although ``φ`` is
+not equivariant at all. A contrastive loss keeps the ``|G|`` copies' embeddings
+apart so that the argmax is unique; the prior (Mondal et al., 2023) makes the
+identity the pose of upright training data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..actions import Action, Image, Points
+from ..errors import (
+    ConfigError,
+    DTypeError,
+    GroupMismatchError,
+    InputValueError,
+    ShapeError,
+    check_floating,
+    check_positive_int,
+    check_shape,
+    format_shape,
+    suggest,
+)
+from ..groups import C, D, FiniteGroup, Group, Octahedral, PlanarFiniteGroup
+from .backbones import PointMLP, SmallCNN, efficientnet_lite0
+from .base import Canonicalization, Canonicalizer, RegistryCase, register
+from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy
+from .image import center_crop_resize
+
+__all__ = ["Contrastive", "seeded_reference", "contrastive_similarity_loss"]
+
+NETWORKS = ("small_cnn", "point_mlp", "efficientnet_lite0")
+
+
+def seeded_reference(size: int, seed: int = 0, *, dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """The default reference vector ``r``: ``(size,)``, a unit-norm Gaussian draw from ``torch.Generator().manual_seed(seed)``.
+
+    Drawn in float64 on the CPU and then cast, so it is the same on every device and in every dtype.
+    """
+    r = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    r = r / r.norm()
+    return r.to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def contrastive_similarity_loss(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean over samples and pairs ``k ≠ k'`` of ``|cos(e_k, e_k')|`` for embeddings ``(B, K, d)``; 0-dim.
+
+    Zero for ``K = 1`` (no pairs).
+    """
+    check_shape(embeddings, "B K d", name="embeddings")
+    k = embeddings.shape[1]
+    if k < 2:
+        return embeddings.sum() * 0.0
+    z = F.normalize(embeddings, dim=-1)
+    cos = z @ z.transpose(-1, -2)  # (B, K, K)
+    off = ~torch.eye(k, dtype=torch.bool, device=embeddings.device)
+    return cos.abs()[:, off].mean()
+
+
+def _default_action(group: FiniteGroup, padding: str) -> Action:
+    if isinstance(group, PlanarFiniteGroup):
+        return Image(group, padding=padding)
+    if getattr(group, "dim", None) == 3:
+        return Points(group)
+    raise ConfigError(f"Contrastive: no default action for {group!r}; pass action= (how the group acts on your inputs)")
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class Contrastive(Canonicalizer):
+    """EquiOptAdapt: canonicalization by *any* network that scores every transformed copy of the input.
+
+    All ``|G|`` copies ``g_k⁻¹·x`` of the batch go through ``network`` as one batch of
+    ``B·|G|`` (or ``chunk_size`` inputs, i.e. ``chunk_size·|G|`` copies, at a time), their
+    features are optionally projected to ``embed_dim``, and each copy is scored by its
+    cosine similarity with a fixed reference vector ``r``. The pose is the argmax; in
+    training the canonical form passes straight-through gradients (forward: the hard
+    canonical form; backward: the softmax(logits)-weighted mixture of the copies already
+    computed for scoring), so task losses reach ``network``.
+
+    Args:
+        group: a finite group: ``C(n)``, ``D(n)`` (images or planar points), ``Octahedral()``
+            (3-D points), or any :class:`~equicanon.groups.FiniteGroup` with an ``action``.
+        network: ``φ``, any ``nn.Module`` from a batch of ``N`` inputs to features ``(N, d)`` or
+            ``(N, d, ...)`` (averaged over the trailing axes: feature maps are pooled). A name:
+            ``"small_cnn"`` (:class:`~equicanon.canonicalizers.backbones.SmallCNN`, needs
+            ``in_channels``), ``"point_mlp"``, ``"efficientnet_lite0"`` (ImageNet-pretrained,
+            offline). ``None``: ``"small_cnn"`` for images, ``"point_mlp"`` for points.
+        in_channels: image channels; checked on every input, and needed by ``"small_cnn"``.
+        embed_dim: if set, a trainable linear layer projects the features to ``embed_dim``.
+        feature_dim: ``d``, the size of the network's features; read from ``network.out_dim``
+            when present, otherwise found on the first call (the projection is then a
+            ``LazyLinear`` and the default reference is drawn then).
+        reference: a fixed ``(embed_dim or d,)`` vector ``r`` to score against; by default
+            :func:`seeded_reference` with ``seed``. Either way a non-trainable buffer in the state dict.
+        seed: seed of the default reference.
+        temperature: ``τ``; the logits are ``s / τ`` (``s`` the cosine scores in ``[-1, 1]``).
+            The prior and the straight-through softmax use these logits.
+        chunk_size: how many inputs' copies go through ``network`` per call (``None``: all).
+            Chunks hold all ``|G|`` copies of each input, so a chunk is closed under the group.
+        action: how the group acts on inputs; default ``Image(group)`` for planar groups,
+            ``Points(group)`` for 3-D groups.
+        crop, resize: images only: the network sees the centre ``crop`` fraction resized to
+            ``resize`` pixels (as in :class:`~equicanon.canonicalizers.GroupConv`); the
+            canonical form is the whole input.
+        padding: image padding for rotations that interpolate (``C(8)`` and finer).
+
+    Result: ``logits = s / τ`` ``(B, |G|)``; ``extras["scores"]`` = ``s`` ``(B, |G|)``;
+    ``extras["embeddings"]`` = the copies' (projected) features ``(B, |G|, d)``, entry ``k``
+    for ``g_k⁻¹·x``.
+
+    Exactness: invariance is exact (poses equal, canonical forms bit-identical) when ``φ``
+    gives bit-identical features for bit-identical inputs wherever they sit in the batch.
+    The copies are exact index permutations (quarter turns, flips, signed permutations of
+    coordinates) of the same input, evaluated in one batch, so this holds for ordinary
+    layers in ``eval()`` mode and for layers without batch statistics in ``train()`` mode.
+    It fails for dropout / drop-connect in training, and is only approximate for batch norm
+    in training (batch statistics are the same multiset, summed in another order; chunks
+    keep each input's copies together so that stays true) and for any network whose output
+    for a sample depends on its position in the batch. Keep such networks in ``eval()``.
+    Inputs fixed by some ``g`` (e.g. an all-zero image) tie; the canonical form is still
+    invariant, the pose is then only determined up to the input's stabiliser.
+
+    Example:
+        >>> canon = Contrastive(C(4), SmallCNN(3), embed_dim=32)
+        >>> res = canon(torch.randn(2, 3, 29, 29))
+        >>> res.pose.shape, res.logits.shape, res.extras["embeddings"].shape
+        (torch.Size([2]), torch.Size([2, 4]), torch.Size([2, 4, 32]))
+        >>> loss = canon.prior_loss(res) + 0.1 * canon.contrastive_loss(res)
+    """
+
+    def __init__(self, group: Group, network: nn.Module | str | None = None, *, in_channels: int | None = None,
+                 embed_dim: int | None = None, feature_dim: int | None = None, reference: torch.Tensor | None = None,
+                 seed: int = 0, temperature: float = 0.1, chunk_size: int | None = None, action: Action | None = None,
+                 crop: float | None = None, resize: int | None = None, padding: str = "zeros") -> None:
+        super().__init__()
+        if not isinstance(group, FiniteGroup):
+            raise GroupMismatchError(
+                f"Contrastive scores every element of a finite group (C(n), D(n), Octahedral(), ...), got {group!r}"
+            )
+        self.group = group
+        if action is None:
+            action = _default_action(group, padding)
+        elif not isinstance(action, Action):
+            raise ConfigError(f"action must be an equicanon Action, got {type(action).__name__}")
+        action.check_group(group, "Contrastive")
+        self.action = action
+        self.is_image = isinstance(action, Image)
+        self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
+        if (crop is not None or resize is not None) and not self.is_image:
+            raise ConfigError(f"crop and resize apply to images only; the action is {action!r}")
+        if crop is not None and (isinstance(crop, bool) or not (isinstance(crop, (int, float)) and 0 < crop <= 1)):
+            raise ConfigError(f"crop must be a fraction in (0, 1], got {crop!r}")
+        self.crop = None if crop is None else float(crop)
+        self.resize = None if resize is None else check_positive_int(resize, "resize")
+        self.temperature = _number(temperature, "temperature")
+        self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.network = self._build_network(network)
+
+        out_dim = getattr(self.network, "out_dim", None)
+        if feature_dim is not None:
+            self.feature_dim: int | None = check_positive_int(feature_dim, "feature_dim")
+        else:
+            self.feature_dim = out_dim if isinstance(out_dim, int) and not isinstance(out_dim, bool) else None
+        self.embed_dim = None if embed_dim is None else check_positive_int(embed_dim, "embed_dim")
+        self.projection: nn.Module | None = None
+        if self.embed_dim is not None:
+            self.projection = (nn.LazyLinear(self.embed_dim) if self.feature_dim is None
+                               else nn.Linear(self.feature_dim, self.embed_dim))
+        self.reference_dim = self.embed_dim if self.embed_dim is not None else self.feature_dim
+        self.register_buffer("reference", self._initial_reference(reference))
+
+    # --- construction helpers ---------------------------------------------------------------------------------
+
+    def _build_network(self, network: nn.Module | str | None) -> nn.Module:
+        if network is None:
+            network = "small_cnn" if self.is_image else "point_mlp"
+        if isinstance(network, str):
+            if network == "small_cnn":
+                if self.in_channels is None:
+                    raise ConfigError("Contrastive: the default network 'small_cnn' needs in_channels=; or pass network=")
+                return SmallCNN(self.in_channels)
+            if network == "point_mlp":
+                dim = getattr(self.group, "dim", None)
+                if not isinstance(dim, int):
+                    raise ConfigError(f"Contrastive: 'point_mlp' needs a group with a coordinate dimension, got {self.group!r}")
+                return PointMLP(dim)
+            if network == "efficientnet_lite0":
+                return efficientnet_lite0(pretrained=True).eval()
+            raise ConfigError(f"unknown network {network!r}; names: {', '.join(NETWORKS)}{suggest(network, NETWORKS)}")
+        if not isinstance(network, nn.Module):
+            raise ConfigError(f"network must be an nn.Module or one of {', '.join(NETWORKS)}, got {type(network).__name__}")
+        return network
+
+    def _initial_reference(self, reference: torch.Tensor | None) -> torch.Tensor:
+        if reference is None:
+            if self.reference_dim is None:  # drawn on the first call, once d is known
+                return torch.empty(0)
+            return seeded_reference(self.reference_dim, self.seed)
+        if not isinstance(reference, torch.Tensor):
+            raise DTypeError(f"reference: expected a 1-d floating tensor, got {type(reference).__name__}")
+        check_shape(reference, "d", name="reference")
+        check_floating(reference, "reference")
+        if not bool(torch.isfinite(reference).all()) or float(reference.abs().max()) == 0.0:
+            raise InputValueError("reference: expected a finite, non-zero vector")
+        if self.reference_dim is not None and reference.shape[0] != self.reference_dim:
+            what = f"embed_dim={self.embed_dim}" if self.embed_dim is not None else f"the network's {self.reference_dim} features"
+            raise ShapeError(f"reference: expected shape ({self.reference_dim},) to match {what}, "
+                             f"got {format_shape(reference.shape)}")
+        if self.reference_dim is None:
+            self.reference_dim = int(reference.shape[0])
+        return reference.detach().clone()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a reference not drawn yet (d unknown until the first call) takes the saved one's shape
+        saved = state_dict.get(prefix + "reference")
+        if isinstance(saved, torch.Tensor) and self.reference.numel() == 0 and saved.numel() > 0:
+            self.reference = torch.empty_like(saved, device=self.reference.device)
+            self.reference_dim = int(saved.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        parts = [f"group={self.group!r}", f"action={self.action!r}", f"temperature={self.temperature:g}"]
+        if self.embed_dim is not None:
+            parts.append(f"embed_dim={self.embed_dim}")
+        if self.chunk_size is not None:
+            parts.append(f"chunk_size={self.chunk_size}")
+        return ", ".join(parts)
+
+    # --- forward ----------------------------------------------------------------------------------------------
+
+    def _features(self, flat: torch.Tensor) -> torch.Tensor:
+        """``φ`` on ``N`` copies: ``(N, *)`` to ``(N, d)``, with the output checked and pooled."""
+        out = self.network(flat)
+        if not isinstance(out, torch.Tensor):
+            raise DTypeError(f"network must return a tensor of features (N, d) or (N, d, ...), got {type(out).__name__}")
+        if out.ndim < 2 or out.shape[0] != flat.shape[0]:
+            raise ShapeError(f"network must return features of shape (N, d) or (N, d, ...) for N = {flat.shape[0]} inputs, "
+                             f"got {format_shape(out.shape)}")
+        if not out.is_floating_point():
+            raise DTypeError(f"network must return floating-point features, got dtype {out.dtype}")
+        if out.ndim > 2:
+            out = out.mean(dim=tuple(range(2, out.ndim)))
+        if self.feature_dim is not None and out.shape[1] != self.feature_dim:
+            raise ShapeError(f"network returned {out.shape[1]} features, expected feature_dim={self.feature_dim}")
+        return out
+
+    def embed(self, copies: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, K, d)`` of copies ``(B, K, *)``: ``φ`` (then the projection) on all of them, in chunks of inputs."""
+        b, k = copies.shape[:2]
+        step = max(b, 1) if self.chunk_size is None else self.chunk_size
+        chunks = [copies[i:i + step].flatten(0, 1) for i in range(0, b, step)] or [copies.flatten(0, 1)]
+        feats = torch.cat([self._features(chunk) for chunk in chunks])
+        if self.projection is not None:
+            feats = self.projection(feats)
+        return feats.reshape(b, k, feats.shape[-1])
+
+    def _reference_for(self, emb: torch.Tensor) -> torch.Tensor:
+        d = emb.shape[-1]
+        if self.reference.numel() == 0:  # first call with an unknown d: draw the default reference once
+            self.reference = seeded_reference(d, self.seed, dtype=emb.dtype, device=emb.device)
+            self.reference_dim = d
+        if self.reference.shape[0] != d:
+            raise ShapeError(f"reference has {self.reference.shape[0]} entries but the embeddings have {d}; pass a reference "
+                             f"of shape ({d},), or embed_dim={self.reference.shape[0]} to project the features")
+        return self.reference.to(dtype=emb.dtype, device=emb.device)
+
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``s[b, k] = cos(embeddings[b, k], r)``: ``(B, K, d)`` to ``(B, K)``."""
+        r = F.normalize(self._reference_for(embeddings), dim=0)
+        return F.normalize(embeddings, dim=-1) @ r
+
+    def forward(self, x: torch.Tensor) -> Canonicalization:
+        """Canonicalize ``x`` (images ``(B, C, H, W)``, point clouds ``(B, N, d)``, or what ``action`` takes)."""
+        if self.is_image:
+            check_shape(x, "B C H W", **({"C": self.in_channels} if self.in_channels is not None else {}))
+        elif not isinstance(x, torch.Tensor):
+            raise DTypeError(f"x: expected a tensor, got {type(x).__name__}")
+        check_floating(x)
+        copies = all_transforms(self.group, self.action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
+        if self.is_image and (self.crop is not None or self.resize is not None):
+            view = all_transforms(self.group, self.action, center_crop_resize(x, self.crop, self.resize))
+        else:
+            view = copies
+        embeddings = self.embed(view)
+        s = self.scores(embeddings)
+        logits = s / self.temperature
+        canonical, pose = discrete_canonicalize(x, logits, self.group, self.action, temperature=1.0,
+                                                copies=copies)
+        return Canonicalization(canonical, pose, self.group, logits=logits,
+                                extras={"scores": s, "embeddings": embeddings})
+
+    # --- losses -----------------------------------------------------------------------------------------------
+
+    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
+        """Cross-entropy of the logits ``s/τ`` against the identity (index 0), averaged over the batch."""
+        if result.logits is None:
+            raise ConfigError("prior_loss needs a result with logits (from a discrete canonicalizer)")
+        return identity_cross_entropy(result.logits)
+
+    def contrastive_loss(self, result: Canonicalization) -> torch.Tensor:
+        """Mean over the batch and over pairs ``k ≠ k'`` of ``|cos(φ(g_k⁻¹x), φ(g_k'⁻¹x))|``; 0-dim.
+
+        Pushes the copies' embeddings towards orthogonality, so their scores differ and the argmax is unique.
+        """
+        emb = result.extras.get("embeddings")
+        if emb is None:
+            raise ConfigError("contrastive_loss needs a result from Contrastive (extras['embeddings'] is missing)")
+        return contrastive_similarity_loss(emb)
+
+
+def _cases() -> list[RegistryCase]:
+    image = (2, 3, "size", "size")
+    cases = [
+        RegistryCase(f"{g} small_cnn", lambda g=g: Contrastive(g, SmallCNN(3, out_dim=16, hidden=4)), image)
+        for g in (C(4), D(4))
+    ]
+    cases.append(RegistryCase("D(4) embed_dim+chunks", lambda: Contrastive(D(4), SmallCNN(3, out_dim=16, hidden=4),
+                                                                          embed_dim=8, chunk_size=1), image))
+    cases.append(RegistryCase("C(4) crop+resize", lambda: Contrastive(C(4), SmallCNN(3, out_dim=16, hidden=4),
+                                                                      crop=0.8, resize=15), image))
+    cases.append(RegistryCase("C(8) small_cnn", lambda: Contrastive(C(8), SmallCNN(3, out_dim=16, hidden=4)), image,
+                              exact=False))
+    cases.append(RegistryCase("Octahedral point_mlp", lambda: Contrastive(Octahedral(), PointMLP(3, out_dim=16, hidden=16)),
+                              (2, 12, 3)))
+    return cases
+
+
+register("contrastive", _cases)(Contrastive)

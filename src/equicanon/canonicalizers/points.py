@@ -1,0 +1,161 @@
+"""Learned canonicalization of 3-D point clouds and particle systems with vector neurons (Kaba et al., 2023)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..actions import Particles, Points
+from ..errors import ConfigError, GroupMismatchError, check_floating, check_positive_int, check_shape
+from ..groups import E3, O3, SE3, SO3, Group, RigidGroup
+from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool
+from .base import Canonicalization, Canonicalizer, RegistryCase, register
+from .functional import gram_schmidt, matrix_prior
+
+__all__ = ["VectorNeurons", "ParticleVectorNeurons"]
+
+
+def _vn_trunk(in_channels: int, hidden: int, layers: int, batch_norm: bool) -> nn.Sequential:
+    blocks: list[nn.Module] = []
+    width = in_channels
+    for _ in range(layers):
+        blocks.append(VNLinear(width, hidden))
+        if batch_norm:
+            blocks.append(VNBatchNorm(hidden))
+        blocks.append(VNLeakyReLU(hidden))
+        width = hidden
+    return nn.Sequential(*blocks)
+
+
+class _FrameHead(nn.Module):
+    """Pooled vector channels ``(B, C, 3)`` → orthogonal pose ``(B, 3, 3)`` by Gram–Schmidt."""
+
+    def __init__(self, channels: int, special: bool, eps: float) -> None:
+        super().__init__()
+        self.special = special
+        self.eps = eps
+        self.out = VNLinear(channels, 2 if special else 3)
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vectors = self.out(pooled).transpose(1, 2)  # (B, 3, k): vectors as columns
+        return gram_schmidt(vectors, special=self.special, eps=self.eps), vectors
+
+
+class VectorNeurons(Canonicalizer):
+    """Canonicalize point clouds ``(B, N, 3)`` under SO3() or O3().
+
+    A vector-neuron network (k-NN edge layer, ``layers`` VN blocks, mean pooling)
+    outputs 2 vectors (SO(3): Gram–Schmidt, then the cross product completes a
+    rotation) or 3 vectors (O(3): Gram–Schmidt keeps the sign, so reflections are
+    poses too) that rotate with the input. The pose ``R`` is equivariant,
+    ``R(x Qᵀ) = Q R(x)``, and invariant to the order of the points; the canonical
+    form is ``Rᵀ x_i`` for every point, in the input's order.
+
+    Args:
+        group: ``SO3()`` or ``O3()``.
+        hidden: vector channels.
+        layers: VN blocks after the edge layer.
+        k: neighbours of the edge layer (capped at ``N``).
+        batch_norm: normalise channel norms between layers.
+        eps: Gram–Schmidt's regulariser: collinear outputs give finite poses and gradients.
+    """
+
+    def __init__(self, group: Group, *, hidden: int = 32, layers: int = 2, k: int = 16, batch_norm: bool = True,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        if not isinstance(group, (SO3, O3)):
+            raise GroupMismatchError(f"VectorNeurons canonicalizes point clouds under SO3() or O3(), got {group!r}")
+        self.group = group
+        self.action = Points(group)
+        check_positive_int(hidden, "hidden")
+        check_positive_int(layers, "layers", minimum=0)
+        special = isinstance(group, SO3)
+        self.edge = VNEdgeConv(hidden, k=k, cross=special)
+        self.trunk = _vn_trunk(hidden, hidden, layers, batch_norm)
+        self.pool = VNMeanPool()
+        self.head = _FrameHead(hidden, special, eps)
+
+    def forward(self, x: torch.Tensor) -> Canonicalization:
+        """Canonicalize ``x: (B, N, 3)``."""
+        check_shape(x, "B N 3", name="points")
+        check_floating(x, "points")
+        pose, vectors = self.head(self.pool(self.trunk(self.edge(x))))
+        canonical = x @ pose.to(x.dtype)  # row i: (R^T x_i)^T
+        return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors})
+
+    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
+        """``‖R − I‖²_F`` averaged over the batch."""
+        return matrix_prior(result.pose)
+
+
+class ParticleVectorNeurons(Canonicalizer):
+    """Canonicalize particle systems ``(B, N, 6 + k)`` under SE3() or E3().
+
+    Input columns: positions (0:3), velocities (3:6), ``k`` invariant features
+    (charges). The pose translation is the centroid of the positions; the rotation
+    comes from a vector-neuron DeepSets network on each particle's position
+    relative to the centroid and its velocity, each also scaled by every invariant
+    feature (so charges steer the frame without breaking equivariance). The
+    canonical form has positions ``Rᵀ(p − t)``, velocities ``Rᵀ v`` and the
+    features unchanged.
+
+    Args:
+        group: ``SE3()`` (rotations + translations) or ``E3()`` (also reflections).
+        features: number ``k`` of invariant feature columns after the velocities.
+        hidden, layers, batch_norm, eps: as in :class:`VectorNeurons`.
+    """
+
+    def __init__(self, group: Group, features: int = 1, *, hidden: int = 32, layers: int = 2,
+                 batch_norm: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        if not isinstance(group, (SE3, E3)):
+            raise GroupMismatchError(f"ParticleVectorNeurons canonicalizes under SE3() or E3(), got {group!r}")
+        if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+            raise ConfigError(f"features must be an integer >= 0, got {features!r}")
+        self.group: RigidGroup = group
+        self.action = Particles(group)
+        self.features = features
+        self.trunk = _vn_trunk(2 * (1 + features), hidden, layers, batch_norm)
+        self.pool = VNMeanPool()
+        self.head = _FrameHead(hidden, isinstance(group, SE3), eps)
+
+    def forward(self, x: torch.Tensor) -> Canonicalization:
+        """Canonicalize particles ``x: (B, N, 6 + features)``."""
+        check_shape(x, "B N F", F=6 + self.features, name="particles")
+        check_floating(x, "particles")
+        pos, vel, feat = x[..., 0:3], x[..., 3:6], x[..., 6:]
+        centroid = pos.mean(dim=1)  # (B, 3)
+        rel = pos - centroid[:, None, :]
+        base = torch.stack([rel, vel], dim=-2)  # (B, N, 2, 3)
+        scaled = [base * feat[..., i, None, None] for i in range(self.features)]
+        vectors_in = torch.cat([base, *scaled], dim=-2)  # (B, N, 2(1 + k), 3)
+        rotation, vectors = self.head(self.pool(self.trunk(vectors_in)))
+        rot = rotation.to(x.dtype)
+        canonical = torch.cat([rel @ rot, vel @ rot, feat], dim=-1)
+        pose = self.group.from_parts(rotation, centroid.to(rotation.dtype))
+        return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors})
+
+    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
+        """``‖R − I‖²_F`` of the rotation part, averaged over the batch (the translation has no prior)."""
+        return matrix_prior(result.pose[:, :3, :3])
+
+
+def _point_cases() -> list[RegistryCase]:
+    return [
+        RegistryCase(f"{g}", lambda g=g: VectorNeurons(g, hidden=8, layers=1, k=4), (2, 12, 3), exact=False)
+        for g in (SO3(), O3())
+    ]
+
+
+def _particle_cases() -> list[RegistryCase]:
+    return [
+        RegistryCase(f"{g}", lambda g=g: ParticleVectorNeurons(g, features=1, hidden=8, layers=2), (2, 5, 7),
+                     exact=False)
+        for g in (SE3(), E3())
+    ]
+
+
+register("vector_neurons", _point_cases)(VectorNeurons)
+register("particle_vector_neurons", _particle_cases)(ParticleVectorNeurons)
+
+

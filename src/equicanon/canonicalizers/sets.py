@@ -1,0 +1,84 @@
+"""Canonicalization of sets under S(n): sort by learned permutation-equivariant scores."""
+
+from __future__ import annotations
+
+import torch
+
+from ..actions import Set
+from ..errors import ConfigError, GroupMismatchError, ShapeError, check_floating, check_positive_int
+from ..groups import Group, S
+from ..nn.sets import DeepSetsScorer
+from .base import Canonicalization, Canonicalizer, RegistryCase, register
+from .functional import straight_through
+
+__all__ = ["Sort", "soft_sort_matrix"]
+
+
+def soft_sort_matrix(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Relaxed permutation matrices ``(B, n, n)`` (SoftSort, Prillo & Eisenschlos 2020).
+
+    Row ``j`` is ``softmax_i(-|sorted_j − s_i| / τ)``: as ``τ → 0`` it becomes the
+    hard matrix that picks the ``j``-th smallest score.
+    """
+    ordered = scores.sort(dim=-1, stable=True).values
+    return torch.softmax(-(ordered[:, :, None] - scores[:, None, :]).abs() / temperature, dim=-1)
+
+
+class Sort(Canonicalizer):
+    """Canonicalize sets ``(B, n, F)`` by stably sorting their elements by learned scores.
+
+    A DeepSets network gives one score per element, permuting with the set; the
+    pose is the stable argsort ``π`` and the canonical form is the sorted set
+    ``x̄[j] = x[π(j)]``. Exact: ``pose(g·x) = g ∘ pose(x)`` whenever scores have no
+    ties (stable sorting breaks ties by position, which is not equivariant; ties
+    are measure-zero for real-valued features). Training uses straight-through
+    gradients through a SoftSort relaxation with ``temperature``.
+
+    Args:
+        group: ``S(n)``.
+        in_features: ``F``, features per element.
+        hidden, layers: width and depth of the DeepSets scorer.
+        temperature: SoftSort temperature of the backward pass.
+    """
+
+    def __init__(self, group: Group, in_features: int, *, hidden: int = 32, layers: int = 2,
+                 temperature: float = 0.1) -> None:
+        super().__init__()
+        if not isinstance(group, S):
+            raise GroupMismatchError(f"Sort canonicalizes sets under S(n), got {group!r}")
+        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+        self.group = group
+        self.action = Set(group)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.temperature = float(temperature)
+        self.scorer = DeepSetsScorer(in_features, hidden, layers)
+
+    def forward(self, x: torch.Tensor) -> Canonicalization:
+        """Canonicalize sets ``x: (B, n, F)``."""
+        assert isinstance(self.group, S)
+        if x.ndim != 3 or x.shape[1:] != (self.group.n, self.in_features):
+            raise ShapeError(f"sets: expected (B, {self.group.n}, {self.in_features}), got shape {tuple(x.shape)}")
+        check_floating(x, "sets")
+        scores = self.scorer(x)  # (B, n)
+        pose = scores.argsort(dim=-1, stable=True)
+        hard = x.gather(1, pose[..., None].expand_as(x))
+        canonical = hard
+        if torch.is_grad_enabled() and scores.requires_grad:
+            soft = soft_sort_matrix(scores, self.temperature).to(x.dtype) @ x
+            canonical = straight_through(hard, soft)
+        return Canonicalization(canonical, pose, self.group, logits=None, extras={"scores": scores})
+
+    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
+        """Sets have no prior: no permutation of a set is more "upright" than another."""
+        raise ConfigError(
+            "Sort has no prior loss: a set has no preferred order, so pulling poses towards the identity "
+            "permutation would only teach the scorer the input order. Train with the task loss alone."
+        )
+
+
+def _cases() -> list[RegistryCase]:
+    return [RegistryCase(f"S({n})", lambda n=n: Sort(S(n), 3, hidden=8), (2, n, 3)) for n in (1, 5, 7)]
+
+
+register("sort", _cases)(Sort)

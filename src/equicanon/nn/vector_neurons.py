@@ -1,0 +1,134 @@
+"""Vector Neuron layers (Deng et al., 2021): O(3)-equivariant networks on 3-D points, in plain torch.
+
+Features are ``(B, N, C, 3)``: ``C`` vector channels per point. Every layer maps
+``V R`` to ``f(V) R`` for any orthogonal ``R`` (vectors are rows, rotated on the
+right), and acts on each point independently, so it commutes with permuting
+points. No layer adds a bias to a vector: a bias would not rotate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ShapeError, check_positive_int
+
+__all__ = ["knn", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
+
+
+def knn(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``(B, N, k)`` of the ``k`` nearest points of each point (itself included), plain torch.
+
+    Distances are rotation- and translation-invariant, so neighbourhoods are too.
+    """
+    if points.ndim != 3:
+        raise ShapeError(f"points: expected (B, N, d), got shape {tuple(points.shape)}")
+    k = min(k, points.shape[1])
+    # squared distances from inner products, as cdist does, without the sqrt
+    sq = (points * points).sum(-1)
+    dist = sq[:, :, None] + sq[:, None, :] - 2 * points @ points.transpose(1, 2)
+    return dist.topk(k, dim=-1, largest=False).indices
+
+
+class VNLinear(nn.Module):
+    """Mix vector channels: ``(…, C_in, 3) → (…, C_out, 3)``, ``V' = W V``; no bias."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(out_channels, "out_channels")
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels) / math.sqrt(in_channels))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if v.shape[-1] != 3 or v.shape[-2] != self.weight.shape[1]:
+            raise ShapeError(f"VNLinear: expected (…, {self.weight.shape[1]}, 3), got shape {tuple(v.shape)}")
+        return torch.einsum("oc,...cd->...od", self.weight, v)
+
+
+class VNLeakyReLU(nn.Module):
+    """Vector leaky ReLU: a learned direction ``k = U V`` per channel; the part of each vector
+    pointing against ``k`` is removed (scaled by ``negative_slope``). ``eps`` guards ``|k| = 0``."""
+
+    def __init__(self, channels: int, negative_slope: float = 0.2, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.direction = VNLinear(channels, channels)
+        self.negative_slope = float(negative_slope)
+        self.eps = eps
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        k = self.direction(v)
+        dot = (v * k).sum(-1, keepdim=True)
+        projected = v - dot / ((k * k).sum(-1, keepdim=True) + self.eps) * k
+        relu = torch.where(dot >= 0, v, projected)
+        return self.negative_slope * v + (1 - self.negative_slope) * relu
+
+
+class VNBatchNorm(nn.Module):
+    """Batch-normalise the norms of vector channels, keeping directions: ``(B, N, C, 3)`` or ``(B, C, 3)``."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels)
+        self.eps = eps
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        norm = torch.sqrt((v * v).sum(-1) + self.eps**2)  # (..., C)
+        flat = norm.reshape(-1, norm.shape[-1])
+        scaled = self.bn(flat).reshape(norm.shape)
+        return v * (scaled / norm)[..., None]
+
+
+class VNMeanPool(nn.Module):
+    """Mean over points: ``(B, N, C, 3) → (B, C, 3)``; permutation invariant, rotation equivariant."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return v.mean(dim=1)
+
+
+class VNInvariant(nn.Module):
+    """Rotation-invariant features ``(…, C, 3) → (…, 3C)``: inner products with 3 learned vector channels.
+
+    ``⟨V R, Z R⟩ = ⟨V, Z⟩`` for orthogonal ``R``, so the output is O(3)-invariant.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.frame = VNLinear(channels, 3)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        z = self.frame(v)
+        return torch.einsum("...cd,...fd->...cf", v, z).flatten(-2)
+
+
+class VNEdgeConv(nn.Module):
+    """First layer on raw points ``(B, N, 3) → (B, N, C, 3)``: k-NN edge vectors, as in VN-DGCNN.
+
+    For each point ``i`` and neighbour ``j`` the vector channels are ``x_j − x_i`` and ``x_i``
+    (and ``x_i × x_j`` when ``cross``; the cross product is a pseudo-vector, so it is only
+    equivariant to rotations — use ``cross=False`` for O(3)). A VN linear layer and leaky
+    ReLU follow, then the mean over neighbours.
+    """
+
+    def __init__(self, out_channels: int, k: int = 16, cross: bool = False) -> None:
+        super().__init__()
+        self.k = check_positive_int(k, "k")
+        self.cross = bool(cross)
+        self.linear = VNLinear(3 if cross else 2, out_channels)
+        self.act = VNLeakyReLU(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise ShapeError(f"points: expected (B, N, 3), got shape {tuple(x.shape)}")
+        b, n, _ = x.shape
+        idx = knn(x, self.k)  # (B, N, k)
+        neighbours = torch.gather(x[:, None].expand(b, n, n, 3), 2, idx[..., None].expand(*idx.shape, 3))
+        centre = x[:, :, None, :].expand_as(neighbours)
+        channels = [neighbours - centre, centre]
+        if self.cross:
+            channels.append(torch.linalg.cross(centre, neighbours, dim=-1))
+        edges = torch.stack(channels, dim=-2)  # (B, N, k, c, 3)
+        return self.act(self.linear(edges)).mean(dim=2)
+
+
