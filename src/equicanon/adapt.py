@@ -7,7 +7,6 @@ from torch import nn
 
 from .actions import Action, Image, Trivial
 from .canonicalizers.base import Canonicalization, Canonicalizer
-from .canonicalizers.functional import all_transforms
 from .errors import ConfigError, GroupMismatchError, check_positive_int
 from .groups import FiniteGroup, Group
 
@@ -102,12 +101,13 @@ class GroupAveraged(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average of the predictor over all transformed copies of ``x: (B, *)``."""
         group, b, n = self.group, x.shape[0], self.group.order
-        copies = all_transforms(group, self.input, x)  # (B, |G|, *): [:, k] = g_k^-1 x
         step = n if self.chunk_size is None else self.chunk_size
         total: torch.Tensor | None = None
         for start in range(0, n, step):
+            # only this chunk's copies exist at a time: g_k^-1 x for k in the chunk, element-major
             k = torch.arange(start, min(start + step, n), device=x.device)
-            batch = copies[:, start:start + len(k)].transpose(0, 1).reshape(len(k) * b, *x.shape[1:])
+            repeated = x.repeat(len(k), *([1] * (x.ndim - 1)))
+            batch = self.input(group.inverse(k).repeat_interleave(b), repeated)
             pred = self.predictor(batch)
             mapped = self.output(k.repeat_interleave(b), pred)
             part = mapped.reshape(len(k), b, *mapped.shape[1:]).sum(0)
