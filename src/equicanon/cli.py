@@ -19,8 +19,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAINING = {"fit": "train a model from a YAML config (Lightning CLI: --config X.yaml, --trainer.*, --model.*, --data.*)",
+             "validate": "validate a checkpoint (--config X.yaml --ckpt_path C.ckpt)",
+             "test": "test a checkpoint (--config X.yaml --ckpt_path C.ckpt)"}
+
+
+def _training(argv: list[str] | None) -> int:
+    from .training.cli import main as training_main
+
+    return training_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``equicanon`` (subcommands: ``demo``)."""
+    """The argument parser of ``equicanon`` (subcommands: ``demo``; ``fit``/``validate``/``test`` are
+    handed to :mod:`equicanon.training.cli` before this parser runs)."""
     from .demo import DemoConfig
 
     defaults = DemoConfig()
@@ -36,11 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     demo.set_defaults(run=_demo)
+    for name, text in _TRAINING.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors of equicanon print as one line and exit with status 2."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words and words[0] in _TRAINING:
+        try:  # argv=None lets Lightning read sys.argv itself (it warns when given both)
+            return _training(None if argv is None else words)
+        except EquicanonError as e:
+            print(f"equicanon {words[0]}: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

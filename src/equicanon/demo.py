@@ -52,13 +52,14 @@ class DemoConfig:
     seed: int = 0
 
 
-def small_cnn(classes: int = 10) -> nn.Module:
-    """The CNN all three models share: three 3x3 conv blocks with batch norm, global pooling, linear."""
+def small_cnn(classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Sequential:
+    """The CNN all three demo models share (and the training configs' predictor): three 3x3 conv
+    blocks with batch norm, global average pooling and a linear layer. ``(B, C, H, W) → (B, classes)``."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes),
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
     )
 
 

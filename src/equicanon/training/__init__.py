@@ -6,6 +6,11 @@ never imports Lightning, only ``import equicanon.training`` does.
     >>> from equicanon.training import CanonicalizationModule
     >>> module = CanonicalizationModule(model, prior_weight=100.0, val_action=ec.actions.Image(ec.C(4)))
     >>> lightning.Trainer(max_epochs=10).fit(module, train_loader, val_loader)
+
+From the command line (:mod:`equicanon.training.cli`, Lightning's CLI over YAML configs)::
+
+    equicanon fit --config configs/rotated_fashion_mnist_c4.yaml
+    equicanon test --config configs/rotated_fashion_mnist_c4.yaml --ckpt_path runs/.../checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ try:
 except ImportError as e:
     raise MissingDependencyError('equicanon.training needs lightning: pip install "equicanon[train]"') from e
 
+from .data import FashionMNISTDataModule
+from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
 from .module import TASKS, CanonicalizationModule
 
-__all__ = ["CanonicalizationModule", "TASKS"]
+__all__ = ["CanonicalizationModule", "TASKS", "FashionMNISTDataModule", "CanonicalizedCNN", "canonicalized_cnn",
+           "parse_group"]

@@ -1,0 +1,58 @@
+"""``equicanon fit | validate | test --config configs/X.yaml``: Lightning's CLI over
+:class:`~equicanon.training.CanonicalizationModule` and :class:`~equicanon.training.data.FashionMNISTDataModule`.
+
+Every option of the config can be overridden on the command line, e.g.
+``equicanon fit --config configs/rotated_fashion_mnist_c4.yaml --trainer.max_epochs=1 --data.data_dir=/data``;
+``equicanon validate --config ... --ckpt_path runs/.../last.ckpt`` evaluates a checkpoint.
+The model is given in the config as ``model.model: {class_path: ..., init_args: ...}``, e.g.
+:class:`equicanon.training.models.CanonicalizedCNN`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+from ..errors import EquicanonError
+from .data import FashionMNISTDataModule
+from .module import CanonicalizationModule
+
+__all__ = ["SUBCOMMANDS", "main", "build_cli"]
+
+SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def build_cli(args: list[str] | None = None) -> LightningCLI:
+    """Run the Lightning CLI for ``args`` (``["fit", "--config", "x.yaml", ...]``; default ``sys.argv[1:]``)
+    and return it."""
+    kwargs: dict[str, Any] = {"seed_everything_default": 0, "save_config_kwargs": {"overwrite": True}}
+    return LightningCLI(CanonicalizationModule, FashionMNISTDataModule, args=args, **kwargs)
+
+
+def _equicanon_cause(error: BaseException) -> EquicanonError | None:
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, EquicanonError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def main(args: list[str] | None = None) -> int:
+    """``equicanon fit|validate|test ...``; returns the exit status.
+
+    Raises:
+        ConfigError (or another :class:`~equicanon.errors.EquicanonError`): a config value is invalid,
+            e.g. an unknown group name; jsonargparse's wrapping of it is taken off.
+    """
+    try:
+        build_cli(None if args is None else list(args))
+    except (ValueError, TypeError) as e:
+        cause = _equicanon_cause(e)
+        if cause is None or cause is e:
+            raise
+        raise cause from e
+    return 0
