@@ -8,6 +8,7 @@ import torch
 
 from ..errors import GroupMismatchError, ShapeError
 from ..groups import Group
+from ..groups.base import draw
 
 __all__ = ["Action", "Trivial"]
 
@@ -54,9 +55,7 @@ class Action(abc.ABC):
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype | None,
            device: torch.device | str | None) -> torch.Tensor:
-    where = generator.device if generator is not None else device
-    out = torch.randn(shape, generator=generator, device=where, dtype=dtype)
-    return out.to(device) if device is not None else out
+    return draw(torch.randn, shape, generator=generator, device=device, dtype=dtype)
 
 
 class Trivial(Action):

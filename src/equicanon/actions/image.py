@@ -6,6 +6,7 @@ import torch
 
 from ..errors import DTypeError, GroupMismatchError, check_choice, check_floating, check_shape
 from ..groups import O2, SO2, Group, PlanarFiniteGroup
+from ..groups.base import draw
 from .base import Action, _randn
 from .functional import MODES, PADDINGS, permute_image, require_square, rotate_image
 
@@ -121,7 +122,5 @@ class Mask(Action):
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        where = generator.device if generator is not None else device
-        out = torch.randint(0, 4, (batch, 29, 29), generator=generator, device=where)
-        out = out.to(device) if device is not None else out
+        out = draw(torch.randint, 0, 4, (batch, 29, 29), generator=generator, device=device)
         return out.to(dtype) if dtype is not None else out

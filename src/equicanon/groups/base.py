@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -134,9 +135,7 @@ class FiniteGroup(Group):
     def sample(self, batch: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         check_positive_int(batch, "batch", minimum=0)
-        gen_device = generator.device if generator is not None else device
-        out = torch.randint(self.order, (batch,), generator=generator, device=gen_device)
-        return out.to(device) if device is not None else out
+        return draw(torch.randint, self.order, (batch,), generator=generator, device=device)
 
     def testing_elements(self, *, device: torch.device | str | None = None,
                          dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -211,6 +210,15 @@ class MatrixGroup(Group):
     def describe(self, g: torch.Tensor) -> str:
         rows = ["[" + ", ".join(f"{v:+.3f}" for v in row) + "]" for row in g[0].tolist()]
         return f"{self} matrix [{', '.join(rows)}]"
+
+
+def draw(sampler: Callable[..., torch.Tensor], *size: object, generator: torch.Generator | None,
+         device: torch.device | str | None, **kwargs: object) -> torch.Tensor:
+    """Call a torch sampler (``torch.rand``, ``randn``, ``randint``) on the generator's device, so
+    a seeded generator gives the same numbers wherever the result goes, then move it to ``device``."""
+    where = generator.device if generator is not None else device
+    out = sampler(*size, generator=generator, device=where, **kwargs)
+    return out.to(device) if device is not None else out
 
 
 def nearest_orthogonal(m: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MatrixGroup, _float_dtype, rotation_2d, snap
+from .base import MatrixGroup, _float_dtype, draw, rotation_2d, snap
 
 __all__ = ["SO2", "O2", "SO3", "O3"]
 
@@ -21,10 +21,7 @@ _FLIP_2D = ((-1.0, 0.0), (0.0, 1.0))
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None,
              dtype: torch.dtype, normal: bool = False) -> torch.Tensor:
-    where = generator.device if generator is not None else device
-    draw = torch.randn if normal else torch.rand
-    out = draw(shape, generator=generator, device=where, dtype=dtype)
-    return out.to(device) if device is not None else out
+    return draw(torch.randn if normal else torch.rand, shape, generator=generator, device=device, dtype=dtype)
 
 
 def _det_sign(g: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, ElementError, check_positive_int
-from .base import Group, _float_dtype
+from .base import Group, _float_dtype, draw
 
 __all__ = ["S"]
 
@@ -72,10 +72,8 @@ class S(Group):
     def sample(self, batch: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         check_positive_int(batch, "batch", minimum=0)
-        where = generator.device if generator is not None else device
-        keys = torch.rand(batch, self.n, generator=generator, device=where)
-        perm = torch.argsort(keys, dim=1)
-        return perm.to(device) if device is not None else perm
+        keys = draw(torch.rand, batch, self.n, generator=generator, device=device)
+        return torch.argsort(keys, dim=1)
 
     def matrix(self, g: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         g = self.check(g)

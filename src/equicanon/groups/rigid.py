@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ElementError
-from .base import MatrixGroup, _float_dtype, nearest_orthogonal
+from .base import MatrixGroup, _float_dtype, draw, nearest_orthogonal
 from .continuous import O3, SO3
 
 __all__ = ["SE3", "E3", "RigidGroup"]
@@ -74,9 +74,8 @@ class RigidGroup(MatrixGroup):
         """Rotations from the Haar measure; translations standard normal (there is no uniform measure on R³)."""
         dtype = _float_dtype(dtype)
         rot = self.rotations.sample(batch, generator=generator, device=device, dtype=dtype)
-        where = generator.device if generator is not None else device
-        t = torch.randn(batch, 3, generator=generator, device=where, dtype=dtype)
-        return self.from_parts(rot, t.to(rot.device))
+        t = draw(torch.randn, batch, 3, generator=generator, device=rot.device, dtype=dtype)
+        return self.from_parts(rot, t)
 
     def matrix(self, g: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         rot = self.check(g)[:, :3, :3]
