@@ -45,8 +45,8 @@ def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def smoke(config: Path, data: Path, root: Path) -> list[str]:
     """Overrides that shrink any config to seconds: 16 images, batches of 8, no progress bar."""
-    return ["--config", str(config), f"--data.data_dir={data}", "--data.train_images=16", "--data.val_images=8",
-            "--data.test_images=8", "--data.batch_size=8", f"--trainer.default_root_dir={root}",
+    return ["--config", str(config), f"--data.data_dir={data}", "--data.train_size=16", "--data.val_size=8",
+            "--data.test_size=8", "--data.batch_size=8", f"--trainer.default_root_dir={root}",
             "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1"]
 
@@ -89,7 +89,7 @@ def test_group_names_parse() -> None:
 
 
 def test_missing_data_is_data_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    dm = FashionMNISTDataModule(str(tmp_path / "empty"), train_images=8, val_images=8)
+    dm = FashionMNISTDataModule(str(tmp_path / "empty"), train_size=8, val_size=8)
     with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
         dm.setup("fit")
     args = smoke(CONFIGS[0], tmp_path / "empty", tmp_path)
@@ -99,7 +99,7 @@ def test_missing_data_is_data_not_found(tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.mark.parametrize("rotate", ["none", "random", "C4", "D4"])
 def test_datamodule_splits_are_disjoint_and_rotated_as_asked(fake_data: Path, rotate: str) -> None:
-    dm = FashionMNISTDataModule(str(fake_data), train_images=16, val_images=8, test_images=8, batch_size=4,
+    dm = FashionMNISTDataModule(str(fake_data), train_size=16, val_size=8, test_size=8, batch_size=4,
                                 rotate=rotate)
     dm.setup(None)
     x, y = next(iter(dm.val_dataloader()))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
 from ..errors import EquicanonError
-from .data import FashionMNISTDataModule
 from .module import CanonicalizationModule
 
 __all__ = ["SUBCOMMANDS", "main", "build_cli"]
@@ -27,7 +27,7 @@ def build_cli(args: list[str] | None = None) -> LightningCLI:
     """Run the Lightning CLI for ``args`` (``["fit", "--config", "x.yaml", ...]``; default ``sys.argv[1:]``)
     and return it."""
     kwargs: dict[str, Any] = {"seed_everything_default": 0, "save_config_kwargs": {"overwrite": True}}
-    return LightningCLI(CanonicalizationModule, FashionMNISTDataModule, args=args, **kwargs)
+    return LightningCLI(CanonicalizationModule, pl.LightningDataModule, subclass_mode_data=True, args=args, **kwargs)
 
 
 def _equicanon_cause(error: BaseException) -> EquicanonError | None:

@@ -1,6 +1,16 @@
-"""``FashionMNISTDataModule``: (rotated) Fashion-MNIST from local IDX files, for Lightning and YAML configs."""
+"""Lightning data modules over local or generated data; nothing is downloaded.
+
+Every module here derives from :class:`SplitDataModule`: ``train_size`` / ``val_size`` /
+``test_size`` examples, ``batch_size``, ``seed`` and ``num_workers`` mean the same thing in
+every config, and a subclass only says how to :meth:`~SplitDataModule.build` a split.
+Training batches can be moved by fresh random group elements every step
+(:meth:`~SplitDataModule.augment`), on the batch's device, with the generator's state
+kept in checkpoints so a resumed run continues the same stream.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -9,90 +19,199 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..actions.functional import rotate_image
 from ..actions.image import Image
 from ..data import load_fashion_mnist
-from ..errors import ConfigError, check_positive_int
+from ..errors import ConfigError, check_choice, check_positive_int
 from ..groups import SO2
 from .models import parse_group
 
-__all__ = ["FashionMNISTDataModule"]
+__all__ = ["SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule", "IMAGE_DATASETS", "ROTATIONS"]
+
+SPLITS = ("train", "val", "test")
+ROTATIONS = ("none", "random", "C<n>", "D<n>")
 
 
-class FashionMNISTDataModule(pl.LightningDataModule):
-    """Fashion-MNIST batches ``(x (B, 1, 28, 28) float in [0, 1], y (B,) int64)``; nothing is downloaded.
+class SplitDataModule(pl.LightningDataModule):
+    """Base of equicanon's data modules: three :class:`~torch.utils.data.TensorDataset` splits.
 
-    ``train`` holds the first ``train_images`` images of the training split, ``val`` the last
-    ``val_images`` of it (disjoint), ``test`` the first ``test_images`` of the test split.
+    Subclasses implement :meth:`build` (the examples of one split) and may override
+    :meth:`augment` (a transformation of each training batch, applied on its device after
+    transfer). ``setup`` builds what a stage needs, once.
 
     Args:
-        data_dir: folder with the ``*-ubyte.gz`` files (default: ``$EQUICANON_DATA``, then the Debian
-            package's folder); missing files raise :class:`~equicanon.data.DataNotFoundError`.
+        train_size, val_size, test_size: examples in each split.
+        batch_size: examples per batch (per process under DDP).
+        seed: seed of everything random in the data (generation, rotations, shuffling).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, *, train_size: int, val_size: int, test_size: int, batch_size: int = 128, seed: int = 0,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        self.train_size = check_positive_int(train_size, "train_size")
+        self.val_size = check_positive_int(val_size, "val_size")
+        self.test_size = check_positive_int(test_size, "test_size")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.num_workers = check_positive_int(num_workers, "num_workers", minimum=0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+        self._augment_generator: torch.Generator | None = None
+
+    def size(self, split: str) -> int:
+        """``train_size``, ``val_size`` or ``test_size``."""
+        return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[check_choice(split, SPLITS, "split")]
+
+    def generator(self, split: str) -> torch.Generator:
+        """A CPU generator seeded by ``seed`` and the split: the same examples on every rank and every run."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + SPLITS.index(split) + 1)
+
+    def build(self, split: str) -> TensorDataset:
+        """The examples of ``split`` (``"train"``, ``"val"`` or ``"test"``); subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build(split)")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits ``stage`` needs (``fit``: train and val; ``validate``: val; ``test``: test)."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage or "", SPLITS)
+        for split in wanted:
+            if getattr(self, f"{split}_set") is None:
+                setattr(self, f"{split}_set", self.build(split))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = getattr(self, f"{split}_set")
+        if data is None:
+            raise ConfigError(f"{type(self).__name__}: the {split} split is not built; call setup() first")
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          generator=self.generator(split) if shuffle else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    # fresh training-time transformations ------------------------------------------------------------
+
+    def augment(self, batch: Any, generator: torch.Generator) -> Any:
+        """Transform a training batch (already on its device); the default returns it unchanged.
+
+        Draw randomness from ``generator`` (a CPU generator, seeded per rank, saved in checkpoints).
+        """
+        return batch
+
+    def _rank_generator(self) -> torch.Generator:
+        if self._augment_generator is None:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._augment_generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * (rank + 1))
+        return self._augment_generator
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply :meth:`augment` to training batches."""
+        if self.trainer is not None and self.trainer.training:
+            return self.augment(batch, self._rank_generator())
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation generator's state (stored in Lightning checkpoints)."""
+        return {"augment_generator": self._rank_generator().get_state()} if self.trainer is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the augmentation generator, so a resumed run continues the same random stream."""
+        if "augment_generator" in state_dict:
+            self._augment_generator = torch.Generator()
+            self._augment_generator.set_state(state_dict["augment_generator"])
+
+
+def _image_loader(name: str) -> Any:
+    if name == "fashion_mnist":
+        return load_fashion_mnist
+    raise ConfigError(f"unknown image dataset {name!r}")  # pragma: no cover - check_choice runs first
+
+
+IMAGE_DATASETS = ("fashion_mnist",)
+
+
+class RotatedImageDataModule(SplitDataModule):
+    """Rotated image classification: batches ``(x (B, 1, 28, 28) float in [0, 1], y (B,) int64)``.
+
+    ``train`` holds the first ``train_size`` images of the training split, ``val`` the last
+    ``val_size`` of it (disjoint), ``test`` the first ``test_size`` of the test split.
+
+    Args:
+        dataset: one of :data:`IMAGE_DATASETS` (``"fashion_mnist"``).
+        data_dir: folder with the dataset's files (default: ``$EQUICANON_DATA``, then the
+            system folder of the dataset's package); a missing file raises
+            :class:`~equicanon.data.DataNotFoundError` naming it and how to install it.
         rotate: ``"none"`` (upright), ``"random"`` (uniform angles in [0°, 360°), bilinear, zero
             padding) or a group name such as ``"C4"`` / ``"D4"`` (a uniformly random element,
             exact index operations for multiples of 90°).
-        rotate_train: rotate the training images too (default); ``False`` trains on upright images
-            and validates/tests on rotated ones.
-        seed: seed of the rotations; each image keeps its rotation across epochs.
+        rotate_train: rotate the training images too (default); ``False`` trains on upright
+            images and validates/tests on rotated ones.
+        fresh_rotations: with ``rotate_train``, rotate every training batch by new random
+            elements each step (on its device) instead of once per image.
+        train_size, val_size, test_size, batch_size, seed, num_workers: see :class:`SplitDataModule`.
     """
 
-    def __init__(self, data_dir: str | None = None, *, train_images: int = 50000, val_images: int = 10000,
-                 test_images: int = 10000, batch_size: int = 128, rotate: str = "random", rotate_train: bool = True,
-                 seed: int = 0, num_workers: int = 0) -> None:
-        super().__init__()
+    def __init__(self, dataset: str = "fashion_mnist", data_dir: str | None = None, *, rotate: str = "random",
+                 rotate_train: bool = True, fresh_rotations: bool = False, train_size: int = 50000,
+                 val_size: int = 10000, test_size: int = 10000, batch_size: int = 128, seed: int = 0,
+                 num_workers: int = 0) -> None:
+        super().__init__(train_size=train_size, val_size=val_size, test_size=test_size, batch_size=batch_size,
+                         seed=seed, num_workers=num_workers)
+        self.dataset = check_choice(dataset, IMAGE_DATASETS, "dataset")
         self.data_dir = data_dir
-        self.train_images = check_positive_int(train_images, "train_images")
-        self.val_images = check_positive_int(val_images, "val_images")
-        self.test_images = check_positive_int(test_images, "test_images")
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.num_workers = check_positive_int(num_workers, "num_workers", minimum=0)
         if not isinstance(rotate, str):
             raise ConfigError(f"rotate must be 'none', 'random' or a group name such as 'C4', got {rotate!r}")
         self.rotate = rotate
         self._group = None if rotate in ("none", "random") else parse_group(rotate)
         self.rotate_train = bool(rotate_train)
-        self.seed = int(seed)
+        self.fresh_rotations = bool(fresh_rotations)
         self.save_hyperparameters()
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
-    def _rotated(self, x: torch.Tensor, salt: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
+    def _rotated(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.rotate == "none":
             return x
         if self._group is None:
-            angles = torch.rand(len(x), generator=gen) * 360
-            return rotate_image(x, SO2().from_angle(angles, degrees=True))
-        g = self._group.sample(len(x), generator=gen)
+            angles = (torch.rand(len(x), generator=generator) * 360).to(x.device)
+            return rotate_image(x, SO2().from_angle(angles, degrees=True).to(x.dtype))
+        g = self._group.sample(len(x), generator=generator).to(x.device)
         return Image(self._group)(g, x)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read the files and rotate the images (once, seeded)."""
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            x, y = load_fashion_mnist("train", self.data_dir)
-            if self.train_images + self.val_images > len(x):
-                raise ConfigError(f"train_images + val_images = {self.train_images + self.val_images} exceeds the "
-                                  f"{len(x)} images of the training split")
-            x = x[:, None].float() / 255
-            train_x, train_y = x[: self.train_images], y[: self.train_images]
-            val_x, val_y = x[len(x) - self.val_images:], y[len(x) - self.val_images:]
-            if self.rotate_train:
-                train_x = self._rotated(train_x, 1)
-            self.train_set = TensorDataset(train_x, train_y)
-            self.val_set = TensorDataset(self._rotated(val_x, 2), val_y)
-        if stage in (None, "test") and self.test_set is None:
-            x, y = load_fashion_mnist("test", self.data_dir)
-            x = x[: self.test_images, None].float() / 255
-            self.test_set = TensorDataset(self._rotated(x, 3), y[: self.test_images])
+    def build(self, split: str) -> TensorDataset:
+        """Read the files and rotate the images of ``split`` (seeded)."""
+        load = _image_loader(self.dataset)
+        x, y = load("test" if split == "test" else "train", self.data_dir)
+        if split != "test" and self.train_size + self.val_size > len(x):
+            raise ConfigError(f"train_size + val_size = {self.train_size + self.val_size} exceeds the "
+                              f"{len(x)} images of the {self.dataset} training split")
+        if split == "test" and self.test_size > len(x):
+            raise ConfigError(f"test_size = {self.test_size} exceeds the {len(x)} images of the {self.dataset} test split")
+        size = self.size(split)
+        rows = slice(len(x) - size, len(x)) if split == "val" else slice(0, size)
+        images, labels = x[rows, None].float() / 255, y[rows]
+        if split != "train" or (self.rotate_train and not self.fresh_rotations):
+            images = self._rotated(images, self.generator(split))
+        return TensorDataset(images, labels)
 
-    def _loader(self, data: TensorDataset | None, shuffle: bool) -> DataLoader:
-        assert data is not None, "setup() was not called"
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+    def augment(self, batch: Any, generator: torch.Generator) -> Any:
+        """With ``fresh_rotations`` (and ``rotate_train``), rotate the batch's images by new random elements."""
+        if not (self.rotate_train and self.fresh_rotations):
+            return batch
+        x, y = batch
+        return self._rotated(x, generator), y
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
+class FashionMNISTDataModule(RotatedImageDataModule):
+    """:class:`RotatedImageDataModule` of Fashion-MNIST (Debian package ``dataset-fashion-mnist``)."""
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
+    def __init__(self, data_dir: str | None = None, *, rotate: str = "random", rotate_train: bool = True,
+                 fresh_rotations: bool = False, train_size: int = 50000, val_size: int = 10000, test_size: int = 10000,
+                 batch_size: int = 128, seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__("fashion_mnist", data_dir, rotate=rotate, rotate_train=rotate_train,
+                         fresh_rotations=fresh_rotations, train_size=train_size, val_size=val_size,
+                         test_size=test_size, batch_size=batch_size, seed=seed, num_workers=num_workers)
