@@ -8,7 +8,7 @@ import torch
 import equicanon as ec
 from equicanon.canonicalizers import Canonicalization, Contrastive, GroupConv, backbones
 from equicanon.errors import ConfigError, ElementError, GroupMismatchError, ShapeError
-from equicanon.metrics import argmax_margin, identity_rate, pose_agreement
+from equicanon.metrics import argmax_margin, identity_rate, pose_agreement, pose_error
 
 
 def _result(group, pose, logits=None) -> Canonicalization:
@@ -104,3 +104,46 @@ def test_identity_rate_rises_when_the_prior_is_learned():
     with torch.no_grad():
         after = float(identity_rate(canon(x)))
     assert before < 1.0 and after == 1.0
+
+
+def test_pose_error_is_the_rotation_angle_between_expected_and_actual_poses():
+    so2 = ec.SO2()
+    angles = torch.tensor([0.0, 10.0, 90.0, 200.0], dtype=torch.float64)
+    pose = so2.from_angle(angles, degrees=True)
+    g = so2.from_angle(torch.tensor([30.0, 30.0, 30.0, 30.0], dtype=torch.float64), degrees=True)
+    off = torch.tensor([0.0, 3.0, -5.0, 170.0], dtype=torch.float64)  # pose(g·x) misses g·pose(x) by these angles
+    moved = so2.compose(so2.from_angle(off, degrees=True), so2.compose(g, pose))
+    err = pose_error(_result(so2, pose), _result(so2, moved), g, reduction="none")
+    assert err.dtype == torch.float64
+    torch.testing.assert_close(err, off.abs(), atol=1e-6, rtol=0)
+    assert float(pose_error(_result(so2, pose), _result(so2, moved), g)) == pytest.approx(off.abs().mean().item())
+    # the same poses agree within a tolerance of ~3 degrees, not within 1e-6
+    assert float(pose_agreement(_result(so2, pose), _result(so2, moved), g)) == pytest.approx(0.25)
+    assert float(pose_agreement(_result(so2, pose), _result(so2, moved), g, atol=0.06)) == pytest.approx(0.5)
+
+
+def test_pose_error_in_3d_reflections_and_rigid_motions():
+    so3, o3, se3 = ec.SO3(), ec.O3(), ec.SE3()
+    gen = torch.Generator().manual_seed(0)
+    pose, g = (so3.cast(so3.sample(5, generator=gen), torch.float64) for _ in range(2))
+    axis_angle = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64) * torch.deg2rad(torch.tensor(12.0, dtype=torch.float64))
+    tilt = torch.linalg.matrix_exp(torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]],
+                                                dtype=torch.float64) * axis_angle[0, 2]).expand(5, 3, 3)
+    moved = tilt @ g @ pose
+    torch.testing.assert_close(pose_error(_result(so3, pose), _result(so3, moved), g, reduction="none"),
+                               torch.full((5,), 12.0, dtype=torch.float64), atol=1e-6, rtol=0)
+    flip = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)).expand(5, 3, 3)
+    assert torch.equal(pose_error(_result(o3, pose), _result(o3, flip @ g @ pose), g, reduction="none"),
+                       torch.full((5,), 180.0, dtype=torch.float64))
+    rigid = torch.eye(4, dtype=torch.float64).repeat(5, 1, 1)
+    rigid[:, :3, :3], rigid[:, :3, 3] = pose, 1.0
+    shifted = se3.compose(g_rigid := se3.identity(5, dtype=torch.float64), rigid).clone()
+    shifted[:, :3, 3] += 5.0  # translations are not counted
+    assert float(pose_error(_result(se3, rigid), _result(se3, shifted), g_rigid)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pose_error_refuses_finite_groups():
+    with pytest.raises(ConfigError, match="finite: use pose_agreement"):
+        pose_error(_result(ec.C(4), [0, 1]), _result(ec.C(4), [1, 2]), torch.tensor([1, 1]))
+    with pytest.raises(ConfigError, match="atol"):
+        pose_agreement(_result(ec.C(4), [0, 1]), _result(ec.C(4), [1, 2]), torch.tensor([1, 1]), atol=-1.0)

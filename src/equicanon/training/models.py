@@ -57,14 +57,16 @@ class CanonicalizedCNN(Canonicalized):
         hidden, layers, kernel_size: the canonicalizer network (:class:`~equicanon.canonicalizers.GroupConv`).
         classes, in_channels, width: the predictor (:func:`small_cnn`).
         resize, crop, temperature, rotations: passed to :class:`~equicanon.canonicalizers.GroupConv`.
+        batch_norm: batch normalisation in both networks (``False`` for DDP on CPU: no ``SyncBatchNorm`` there).
     """
 
     def __init__(self, group: str = "C4", *, hidden: int = 16, layers: int = 3, kernel_size: int = 3,
                  classes: int = 10, in_channels: int = 1, width: int = 32, resize: int | None = None,
-                 crop: float | None = None, temperature: float = 1.0, rotations: int = 8) -> None:
+                 crop: float | None = None, temperature: float = 1.0, rotations: int = 8,
+                 batch_norm: bool = True) -> None:
         canon = GroupConv(parse_group(group), in_channels, hidden=hidden, layers=layers, kernel_size=kernel_size,
-                          resize=resize, crop=crop, temperature=temperature, rotations=rotations)
-        super().__init__(small_cnn(classes, in_channels, width), canon)
+                          resize=resize, crop=crop, temperature=temperature, rotations=rotations, batch_norm=batch_norm)
+        super().__init__(small_cnn(classes, in_channels, width, batch_norm), canon)
 
 
 def canonicalized_cnn(group: str = "C4", **kwargs: object) -> CanonicalizedCNN:

@@ -21,7 +21,8 @@ from ..actions import Action, Trivial
 from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
 from ..errors import ConfigError, ShapeError, check_choice
-from ..metrics import identity_rate, pose_agreement
+from ..groups import MatrixGroup
+from ..metrics import identity_rate, pose_agreement, pose_error
 
 __all__ = ["CanonicalizationModule", "TASKS"]
 
@@ -71,6 +72,9 @@ class CanonicalizationModule(pl.LightningModule):
             ``ec.actions.Image(ec.C(4))``; default: the canonicalizer's action, and no
             transformed metrics for a plain model.
         val_seed: seed of the group elements drawn in validation.
+        pose_atol: entry-wise tolerance of ``pose_agreement`` and ``identity_rate`` for matrix
+            poses (continuous groups); for those the module also logs ``{stage}/pose_error_deg``,
+            the mean angle between ``pose(g·x)`` and ``g pose(x)`` (:func:`~equicanon.metrics.pose_error`).
 
     Frozen parts get ``requires_grad = False``, are left out of the optimizer and stay in
     eval mode (their batch-norm statistics do not move). This changes the modules passed in.
@@ -80,7 +84,7 @@ class CanonicalizationModule(pl.LightningModule):
     def __init__(self, model: Canonicalized | nn.Module, *, task: str = "classification", prior_weight: float = 0.0,
                  contrastive_weight: float = 0.0, lr: float = 1e-3, canonicalizer_lr: float | None = None,
                  freeze_predictor: bool = False, freeze_canonicalizer: bool = False,
-                 val_action: Action | None = None, val_seed: int = 0) -> None:
+                 val_action: Action | None = None, val_seed: int = 0, pose_atol: float = 1e-6) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be an nn.Module (e.g. ec.Canonicalized), got {type(model).__name__}")
@@ -94,6 +98,7 @@ class CanonicalizationModule(pl.LightningModule):
         if isinstance(val_seed, bool) or not isinstance(val_seed, int):
             raise ConfigError(f"val_seed must be an integer, got {val_seed!r}")
         self.val_seed = val_seed
+        self.pose_atol = _non_negative(pose_atol, "pose_atol")
         self.model = model
         canon = self.canonicalizer
         if canon is None:
@@ -211,7 +216,7 @@ class CanonicalizationModule(pl.LightningModule):
         prediction, res = self._run(x)
         metrics = {f"{stage}/loss": self.task_loss(prediction, y), f"{stage}/{kind}_upright": self._score(prediction, y)}
         if res is not None:
-            metrics[f"{stage}/identity_rate"] = identity_rate(res)
+            metrics[f"{stage}/identity_rate"] = identity_rate(res, atol=self.pose_atol)
         action = self.val_action
         if action is not None:
             group = action.group
@@ -225,7 +230,9 @@ class CanonicalizationModule(pl.LightningModule):
             moved_y = y if self.task == "classification" else output(g, y)
             metrics[f"{stage}/{kind}_transformed"] = self._score(moved_prediction, moved_y)
             if res is not None and moved_res is not None:
-                metrics[f"{stage}/pose_agreement"] = pose_agreement(res, moved_res, g)
+                metrics[f"{stage}/pose_agreement"] = pose_agreement(res, moved_res, g, atol=self.pose_atol)
+                if isinstance(res.group, MatrixGroup):
+                    metrics[f"{stage}/pose_error_deg"] = pose_error(res, moved_res, g).float()
         for name, value in metrics.items():
             self.log(name, value, sync_dist=True, batch_size=x.shape[0], prog_bar=name.endswith("_transformed"))
         return metrics
