@@ -24,6 +24,21 @@ _TRAINING = {"fit": "train a model from a YAML config (Lightning CLI: --config X
              "test": "test a checkpoint (--config X.yaml --ckpt_path C.ckpt)"}
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from .training.cli import _equicanon_cause
+    from .training.plot import plot_checkpoint
+
+    try:
+        plot_checkpoint(args.config, args.ckpt_path, args.out, samples=args.samples, angles=args.angles,
+                        overrides=args.overrides)
+    except (ValueError, TypeError) as e:  # jsonargparse wraps equicanon's errors: show ours
+        cause = _equicanon_cause(e)
+        if cause is None or cause is e:
+            raise
+        raise cause from e
+    return 0
+
+
 def _training(argv: list[str] | None) -> int:
     from .training.cli import main as training_main
 
@@ -48,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     demo.set_defaults(run=_demo)
+    plot = sub.add_parser("plot", help="inputs beside canonical forms, and accuracy against rotation, for a checkpoint",
+                          description="Draw a checkpoint's canonical forms and its metric against rotation angle. "
+                                      "Further --key=value options override the config, as for `equicanon fit`.")
+    plot.add_argument("--config", required=True, help="the YAML config the checkpoint was trained with")
+    plot.add_argument("--ckpt_path", "--ckpt-path", required=True, help="a checkpoint written by `equicanon fit`")
+    plot.add_argument("--out", default="equicanon-plots", help="folder for the PNGs and metric_by_angle.json")
+    plot.add_argument("--samples", type=int, default=8, help="test inputs drawn beside their canonical forms (1-16)")
+    plot.add_argument("--angles", type=int, default=24, help="angles of the accuracy sweep (0: no sweep)")
+    plot.set_defaults(run=_plot)
     for name, text in _TRAINING.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -62,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         except EquicanonError as e:
             print(f"equicanon {words[0]}: error: {e}", file=sys.stderr)
             return 2
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "plot":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return int(args.run(args))
     except EquicanonError as e:

@@ -195,42 +195,19 @@ def run_demo(out: str | Path = "equicanon-demo", config: DemoConfig | None = Non
 
 def _plots(out: Path, model: nn.Module, x_rot: torch.Tensor, y: torch.Tensor, angles: torch.Tensor,
            correct: dict[str, torch.Tensor], say) -> None:
-    from ._optional import require_matplotlib
+    from .plots import plot_canonical_forms, plot_metric_by_angle
 
-    plt = require_matplotlib()
     model.eval()
     with torch.inference_mode():
         res = model.canonicalizer(x_rot[:8])
-    fig, axes = plt.subplots(2, 8, figsize=(12, 3.4))
-    for i in range(8):
-        axes[0, i].imshow(x_rot[i, 0].numpy(), cmap="gray")
-        axes[0, i].set_title(f"{FASHION_MNIST_CLASSES[int(y[i])]}, {angles[i]:.0f}°", fontsize=8)
-        axes[1, i].imshow(res.canonical[i, 0].numpy(), cmap="gray")
-        for ax in axes[:, i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_ylabel("input", fontsize=9)
-    axes[1, 0].set_ylabel("canonical", fontsize=9)
-    fig.suptitle("Rotated test images (top) and their canonical forms (bottom)")
-    fig.tight_layout()
-    fig.savefig(out / "canonical_forms.png", dpi=110)
-    plt.close(fig)
-
+    titles = [f"{FASHION_MNIST_CLASSES[int(y[i])]}, {angles[i]:.0f}°" for i in range(8)]
+    plot_canonical_forms(x_rot[:8], res.canonical, out / "canonical_forms.png", titles=titles,
+                         title="Rotated test images (top) and their canonical forms (bottom)")
     bins = torch.linspace(0, 360, 25)
     centres = (bins[:-1] + bins[1:]) / 2
     which = torch.bucketize(angles, bins[1:-1])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for name, ok in correct.items():
-        acc = [float(ok[which == b].float().mean()) if (which == b).any() else math.nan for b in range(len(centres))]
-        ax.plot(centres.tolist(), [100 * a for a in acc], marker="o", ms=3, label=name)
-    ax.set_xlabel("rotation of the test image (degrees)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_xticks(range(0, 361, 45))
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("Fashion-MNIST test accuracy against rotation angle")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_by_angle.png", dpi=110)
-    plt.close(fig)
+    scores = {name: [float(ok[which == b].float().mean()) if (which == b).any() else math.nan for b in range(len(centres))]
+              for name, ok in correct.items()}
+    plot_metric_by_angle(centres, scores, out / "accuracy_by_angle.png",
+                         title="Fashion-MNIST test accuracy against rotation angle")
     say(f"wrote {out / 'canonical_forms.png'} and {out / 'accuracy_by_angle.png'}")

@@ -36,10 +36,11 @@ class EquicanonCLI(LightningCLI):
         return trainer
 
 
-def build_cli(args: list[str] | None = None) -> LightningCLI:
+def build_cli(args: list[str] | None = None, *, run: bool = True) -> LightningCLI:
     """Run the Lightning CLI for ``args`` (``["fit", "--config", "x.yaml", ...]``; default ``sys.argv[1:]``)
-    and return it."""
-    kwargs: dict[str, Any] = {"seed_everything_default": 0, "save_config_kwargs": {"overwrite": True}}
+    and return it. With ``run=False`` it only builds the model, data module and trainer (``args`` without
+    a subcommand)."""
+    kwargs: dict[str, Any] = {"seed_everything_default": 0, "save_config_kwargs": {"overwrite": True}, "run": run}
     return EquicanonCLI(CanonicalizationModule, pl.LightningDataModule, subclass_mode_data=True, args=args, **kwargs)
 
 
