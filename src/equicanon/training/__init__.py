@@ -22,9 +22,12 @@ try:
 except ImportError as e:
     raise MissingDependencyError('equicanon.training needs lightning: pip install "equicanon[train]"') from e
 
-from .data import FashionMNISTDataModule
+from .checkpoint import AtomicCheckpointIO, ResumeCheckpoint
+from .data import FashionMNISTDataModule, MNISTDataModule, RotatedImageDataModule, SplitDataModule
 from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
 from .module import TASKS, CanonicalizationModule
+from .points import CanonicalizedPointNet, PointCloudDataModule
 
-__all__ = ["CanonicalizationModule", "TASKS", "FashionMNISTDataModule", "CanonicalizedCNN", "canonicalized_cnn",
-           "parse_group"]
+__all__ = ["CanonicalizationModule", "TASKS", "SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule",
+           "MNISTDataModule", "PointCloudDataModule", "CanonicalizedCNN", "CanonicalizedPointNet", "canonicalized_cnn",
+           "parse_group", "AtomicCheckpointIO", "ResumeCheckpoint"]

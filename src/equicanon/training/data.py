@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..actions.functional import rotate_image
 from ..actions.image import Image
-from ..data import load_fashion_mnist
+from ..data import load_fashion_mnist, load_mnist
 from ..errors import ConfigError, check_choice, check_positive_int
 from ..groups import SO2
 from .models import parse_group
@@ -138,8 +138,6 @@ def _image_loader(name: str) -> Any:
     if name == "fashion_mnist":
         return load_fashion_mnist
     if name == "mnist":
-        from ..data.mnist_digits import load_mnist
-
         return load_mnist
     raise ConfigError(f"unknown image dataset {name!r}")  # pragma: no cover - check_choice runs first
 
@@ -154,7 +152,7 @@ class RotatedImageDataModule(SplitDataModule):
     ``val_size`` of it (disjoint), ``test`` the first ``test_size`` of the test split.
 
     Args:
-        dataset: one of :data:`IMAGE_DATASETS` (``"fashion_mnist"``).
+        dataset: one of :data:`IMAGE_DATASETS` (``"fashion_mnist"``, ``"mnist"``).
         data_dir: folder with the dataset's files (default: ``$EQUICANON_DATA``, then the
             system folder of the dataset's package); a missing file raises
             :class:`~equicanon.data.DataNotFoundError` naming it and how to install it.
