@@ -27,7 +27,9 @@ from .data import FashionMNISTDataModule, MNISTDataModule, RotatedImageDataModul
 from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
 from .module import TASKS, CanonicalizationModule
 from .points import CanonicalizedPointNet, PointCloudDataModule
+from .sets import CanonicalizedSetMLP, SetDataModule, SetMLP
 
 __all__ = ["CanonicalizationModule", "TASKS", "SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule",
-           "MNISTDataModule", "PointCloudDataModule", "CanonicalizedCNN", "CanonicalizedPointNet", "canonicalized_cnn",
+           "MNISTDataModule", "PointCloudDataModule", "SetDataModule", "CanonicalizedCNN", "CanonicalizedPointNet",
+           "CanonicalizedSetMLP", "SetMLP", "canonicalized_cnn",
            "parse_group", "AtomicCheckpointIO", "ResumeCheckpoint"]
