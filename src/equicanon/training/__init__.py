@@ -24,6 +24,7 @@ except ImportError as e:
 
 from .checkpoint import AtomicCheckpointIO, ResumeCheckpoint
 from .data import FashionMNISTDataModule, MNISTDataModule, RotatedImageDataModule, SplitDataModule
+from .image_models import CanonicalizedEfficientNet, ContrastiveCNN, EfficientNetClassifier
 from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
 from .module import TASKS, CanonicalizationModule
 from .points import CanonicalizedPointNet, PointCloudDataModule
@@ -31,5 +32,5 @@ from .sets import CanonicalizedSetMLP, SetDataModule, SetMLP
 
 __all__ = ["CanonicalizationModule", "TASKS", "SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule",
            "MNISTDataModule", "PointCloudDataModule", "SetDataModule", "CanonicalizedCNN", "CanonicalizedPointNet",
-           "CanonicalizedSetMLP", "SetMLP", "canonicalized_cnn",
-           "parse_group", "AtomicCheckpointIO", "ResumeCheckpoint"]
+           "CanonicalizedSetMLP", "SetMLP", "ContrastiveCNN", "CanonicalizedEfficientNet", "EfficientNetClassifier",
+           "canonicalized_cnn", "parse_group", "AtomicCheckpointIO", "ResumeCheckpoint"]
