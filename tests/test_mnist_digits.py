@@ -275,7 +275,7 @@ def test_c4_config_fits_through_the_cli(tmp_path: Path) -> None:
     hparams = checkpoint["datamodule_hyper_parameters"]
     assert hparams["_class_path"] == "equicanon.training.data.MNISTDataModule" and hparams["rotate"] == "C4"
     names = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
-    assert any(n.startswith("epoch0-acc") for n in names), names  # the checkpoint monitored val/acc_transformed
+    assert any(n.startswith("best-epoch0-acc") for n in names), names  # the checkpoint monitored val/acc_transformed
 
 
 # --- the real packages, when installed -----------------------------------------------------------------------
