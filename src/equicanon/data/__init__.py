@@ -2,14 +2,25 @@
 
 - :func:`load_fashion_mnist`, :func:`load_mnist` — images from installed packages or folders;
 - :func:`make_pointclouds` — procedural shapes (10 classes), randomly rotated;
+- :func:`make_nbody` — charged-particle systems (EGNN's n-body task) from a seeded simulator;
 - :func:`make_set_task` — sets of noisy digits labelled by an order statistic (for S(n)).
 """
 
 from .mnist import FASHION_MNIST_CLASSES, CorruptDataError, DataNotFoundError, load_fashion_mnist
 from .mnist_digits import load_mnist
+from .nbody import (
+    ChargedTrajectories,
+    charged_energy,
+    coulomb_forces,
+    integrate_charged,
+    make_nbody,
+    nbody_baselines,
+    simulate_charged,
+)
 from .pointclouds import POINTCLOUD_CLASSES, make_pointclouds, rotate_clouds
 from .sets import SET_TARGETS, decode_digits, encode_digits, make_set_task, set_target
 
 __all__ = ["FASHION_MNIST_CLASSES", "CorruptDataError", "DataNotFoundError", "load_fashion_mnist", "load_mnist",
            "POINTCLOUD_CLASSES", "make_pointclouds", "rotate_clouds", "SET_TARGETS", "make_set_task", "set_target",
-           "encode_digits", "decode_digits"]
+           "encode_digits", "decode_digits", "make_nbody", "simulate_charged", "integrate_charged", "coulomb_forces",
+           "charged_energy", "nbody_baselines", "ChargedTrajectories"]

@@ -27,10 +27,12 @@ from .data import FashionMNISTDataModule, MNISTDataModule, RotatedImageDataModul
 from .image_models import CanonicalizedEfficientNet, ContrastiveCNN, EfficientNetClassifier
 from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
 from .module import TASKS, CanonicalizationModule
+from .nbody import CanonicalizedNBody, NBodyDataModule, NBodyMLP, NBodyTransformer, nbody_predictor
 from .points import CanonicalizedPointNet, PointCloudDataModule
 from .sets import CanonicalizedSetMLP, SetDataModule, SetMLP
 
 __all__ = ["CanonicalizationModule", "TASKS", "SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule",
            "MNISTDataModule", "PointCloudDataModule", "SetDataModule", "CanonicalizedCNN", "CanonicalizedPointNet",
            "CanonicalizedSetMLP", "SetMLP", "ContrastiveCNN", "CanonicalizedEfficientNet", "EfficientNetClassifier",
-           "canonicalized_cnn", "parse_group", "AtomicCheckpointIO", "ResumeCheckpoint"]
+           "canonicalized_cnn", "parse_group", "NBodyDataModule", "CanonicalizedNBody", "NBodyMLP",
+           "NBodyTransformer", "nbody_predictor", "AtomicCheckpointIO", "ResumeCheckpoint"]
