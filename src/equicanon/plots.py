@@ -44,6 +44,16 @@ def _panel(ax: object, sample: torch.Tensor, kind: str) -> None:
         ax.set_zticks([])  # type: ignore[attr-defined]
 
 
+def _save(plt: object, fig: object, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG (creating folders), close it; return the path."""
+    fig.tight_layout()  # type: ignore[attr-defined]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[attr-defined]
+    return path
+
+
 def _kind(x: torch.Tensor, kind: str) -> str:
     if kind != "auto":
         return check_choice(kind, ("image", "points", "matrix"), "kind")
@@ -92,12 +102,7 @@ def plot_canonical_forms(inputs: torch.Tensor, canonical: torch.Tensor, path: st
             if i == 0 and drawn != "points":
                 ax.set_ylabel("input" if row == 0 else "canonical", fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def turn_about_axis(group: Group, degrees: float, batch: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -211,9 +216,4 @@ def plot_metric_by_angle(degrees: torch.Tensor, scores: Mapping[str, torch.Tenso
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
