@@ -8,6 +8,7 @@ expected and what came. ``assert`` is kept for internal invariants only.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -185,6 +186,17 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_number(value: object, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """Return ``value`` as a finite ``float`` (``>= minimum``, or ``> minimum`` if ``strict``); else raise ConfigError."""
+    bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum  # type: ignore[operator]
+    if not ok:
+        raise ConfigError(f"{name}: expected a finite number{bound}, got {_describe(value)}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def suggest(name: str, options: Mapping[str, object] | Iterable[str]) -> str:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import ConfigError, check_floating, check_positive_int, check_shape
+from ..errors import ConfigError, check_floating, check_number, check_positive_int, check_shape
 
 __all__ = ["ChargedTrajectories", "coulomb_forces", "charged_energy", "integrate_charged", "simulate_charged",
            "make_nbody", "nbody_baselines"]
@@ -48,15 +48,6 @@ class ChargedTrajectories(NamedTuple):
     positions: torch.Tensor
     velocities: torch.Tensor
     charges: torch.Tensor
-
-
-def check_number(value: object, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
-    """Return ``value`` as a finite ``float`` (``>= minimum``, or ``> minimum`` if ``strict``); else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ConfigError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value!r}")
-    return float(value)
 
 
 def _forces(pos: torch.Tensor, qq: torch.Tensor, min_distance: float) -> torch.Tensor:

@@ -19,11 +19,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..actions import Points
-from ..errors import ConfigError, check_choice, check_positive_int
+from ..errors import ConfigError, check_choice, check_number, check_positive_int
 from ..groups import O3, SO2, SO3
 
-__all__ = ["POINTCLOUD_CLASSES", "POINTCLOUD_ROTATIONS", "make_pointclouds", "random_rotations", "rotate_clouds", "check_classes",
-           "check_noise"]
+__all__ = ["POINTCLOUD_CLASSES", "POINTCLOUD_ROTATIONS", "make_pointclouds", "random_rotations", "rotate_clouds", "check_classes"]
 
 POINTCLOUD_ROTATIONS = ("so3", "o3", "z", "none")
 
@@ -216,13 +215,6 @@ def rotate_clouds(x: torch.Tensor, rotate: str, *, generator: torch.Generator | 
     return Points(group)(g.to(device=x.device, dtype=x.dtype), x)
 
 
-def check_noise(noise: object) -> float:
-    """``noise`` as a float if it is a finite number ``>= 0``; else :class:`ConfigError`."""
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-        raise ConfigError(f"noise: expected a finite number >= 0 (the jitter's standard deviation), got {noise!r}")
-    return float(noise)
-
-
 def make_pointclouds(n: int, points: int = 128, *, generator: torch.Generator, noise: float = 0.01,
                      rotate: str = "so3", classes: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` labelled point clouds: ``x (n, points, 3)`` float32 and labels ``y (n,)`` int64.
@@ -243,7 +235,7 @@ def make_pointclouds(n: int, points: int = 128, *, generator: torch.Generator, n
     """
     n = check_positive_int(n, "n")
     points = check_positive_int(points, "points")
-    noise = check_noise(noise)
+    noise = check_number(noise, "noise", minimum=0.0)
     check_choice(rotate, POINTCLOUD_ROTATIONS, "rotate")
     names = check_classes(classes)
     if not isinstance(generator, torch.Generator):

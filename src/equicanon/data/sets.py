@@ -22,11 +22,9 @@ off fixed positions.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..errors import ConfigError, DTypeError, check_choice, check_positive_int, check_shape
+from ..errors import ConfigError, DTypeError, check_choice, check_number, check_positive_int, check_shape
 
 __all__ = ["SET_TARGETS", "set_target", "encode_digits", "decode_digits", "make_set_task"]
 
@@ -74,7 +72,7 @@ def encode_digits(values: torch.Tensor, *, digits: int = 10, features: int = 4, 
     """
     digits = _check_digits(digits)
     features = check_positive_int(features, "features")
-    noise = _check_noise(noise)
+    noise = check_number(noise, "noise", minimum=0.0)
     _check_integer(values, "values")
     if values.numel() and (int(values.min()) < 0 or int(values.max()) >= digits):
         raise ConfigError(f"values: expected digits in 0..{digits - 1}, got values in "
@@ -91,12 +89,6 @@ def decode_digits(x: torch.Tensor, *, digits: int = 10) -> torch.Tensor:
     digits = _check_digits(digits)
     check_shape(x, "B n F", name="x")
     return ((x[..., 0].double() + 1) * ((digits - 1) / 2)).round().clamp(0, digits - 1).long()
-
-
-def _check_noise(noise: object) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-        raise ConfigError(f"noise: expected a finite number >= 0, got {noise!r}")
-    return float(noise)
 
 
 def make_set_task(n: int, *, set_size: int, generator: torch.Generator, features: int = 4, digits: int = 10,
@@ -124,7 +116,7 @@ def make_set_task(n: int, *, set_size: int, generator: torch.Generator, features
     features = check_positive_int(features, "features")
     digits = _check_digits(digits)
     target = check_choice(target, SET_TARGETS, "target")
-    noise = _check_noise(noise)
+    noise = check_number(noise, "noise", minimum=0.0)
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         what = f"one on {generator.device}" if isinstance(generator, torch.Generator) else type(generator).__name__
         raise ConfigError(f"generator: expected a seeded CPU torch.Generator, got {what}")

@@ -9,7 +9,6 @@ rate and pose agreement of :mod:`equicanon.metrics`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,25 +19,13 @@ from torch import nn
 from ..actions import Action, Trivial
 from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
-from ..errors import ConfigError, ShapeError, check_choice
+from ..errors import ConfigError, ShapeError, check_choice, check_number
 from ..groups import MatrixGroup
 from ..metrics import identity_rate, pose_agreement, pose_error
 
 __all__ = ["CanonicalizationModule", "TASKS"]
 
 TASKS = ("classification", "regression")
-
-
-def _non_negative(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class CanonicalizationModule(pl.LightningModule):
@@ -89,16 +76,17 @@ class CanonicalizationModule(pl.LightningModule):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be an nn.Module (e.g. ec.Canonicalized), got {type(model).__name__}")
         self.task = check_choice(task, TASKS, "task")
-        self.prior_weight = _non_negative(prior_weight, "prior_weight")
-        self.contrastive_weight = _non_negative(contrastive_weight, "contrastive_weight")
-        self.lr = _positive(lr, "lr")
-        self.canonicalizer_lr = self.lr if canonicalizer_lr is None else _positive(canonicalizer_lr, "canonicalizer_lr")
+        self.prior_weight = check_number(prior_weight, "prior_weight", minimum=0.0)
+        self.contrastive_weight = check_number(contrastive_weight, "contrastive_weight", minimum=0.0)
+        self.lr = check_number(lr, "lr", minimum=0.0, strict=True)
+        self.canonicalizer_lr = (self.lr if canonicalizer_lr is None
+                                 else check_number(canonicalizer_lr, "canonicalizer_lr", minimum=0.0, strict=True))
         self.freeze_predictor = bool(freeze_predictor)
         self.freeze_canonicalizer = bool(freeze_canonicalizer)
         if isinstance(val_seed, bool) or not isinstance(val_seed, int):
             raise ConfigError(f"val_seed must be an integer, got {val_seed!r}")
         self.val_seed = val_seed
-        self.pose_atol = _non_negative(pose_atol, "pose_atol")
+        self.pose_atol = check_number(pose_atol, "pose_atol", minimum=0.0)
         self.model = model
         canon = self.canonicalizer
         if canon is None:

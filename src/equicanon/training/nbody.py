@@ -23,8 +23,8 @@ from torch.utils.data import TensorDataset
 from ..actions import Points
 from ..adapt import Canonicalized
 from ..canonicalizers import ParticleVectorNeurons
-from ..data.nbody import check_number, make_nbody
-from ..errors import ConfigError, check_choice, check_positive_int, check_shape, suggest
+from ..data.nbody import make_nbody
+from ..errors import ConfigError, check_choice, check_number, check_positive_int, check_shape, suggest
 from ..groups import E3, SE3, RigidGroup
 from .data import SplitDataModule
 

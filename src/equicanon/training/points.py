@@ -24,8 +24,8 @@ from torch.utils.data import TensorDataset
 from ..adapt import Canonicalized
 from ..canonicalizers import VectorNeurons
 from ..canonicalizers.backbones import PointMLP
-from ..data.pointclouds import POINTCLOUD_ROTATIONS, check_classes, check_noise, make_pointclouds, rotate_clouds
-from ..errors import check_choice, check_positive_int
+from ..data.pointclouds import POINTCLOUD_ROTATIONS, check_classes, make_pointclouds, rotate_clouds
+from ..errors import check_choice, check_number, check_positive_int
 from ..groups import O3, SO3, Group
 from .data import SplitDataModule
 
@@ -66,7 +66,7 @@ class PointCloudDataModule(SplitDataModule):
         self.rotate = check_choice(rotate, POINTCLOUD_ROTATIONS, "rotate")
         self.rotate_train = bool(rotate_train)
         self.fresh_rotations = bool(fresh_rotations)
-        self.noise = check_noise(noise)
+        self.noise = check_number(noise, "noise", minimum=0.0)
         self.save_hyperparameters()
 
     @property
