@@ -54,8 +54,12 @@ class Canonicalizer(nn.Module, abc.ABC):
         return super().__call__(x)  # type: ignore[no-any-return]
 
     @abc.abstractmethod
-    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
-        """0-dim loss pulling poses towards the identity (Mondal et al., 2023), for upright training data."""
+    def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
+        """0-dim loss pulling poses towards the identity (Mondal et al., 2023), for upright training data.
+
+        ``target`` (a batch of group elements, one per input) replaces the identity: the
+        prior for upright inputs moved by ``target``, since ``pose(g·x) = g`` when ``pose(x) = e``.
+        """
 
     def contrastive_loss(self, result: Canonicalization) -> torch.Tensor:
         """0-dim contrastive loss of optimisation-based canonicalizers; others have none."""

@@ -314,11 +314,11 @@ class Contrastive(Canonicalizer):
 
     # --- losses -----------------------------------------------------------------------------------------------
 
-    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
-        """Cross-entropy of the logits ``s/τ`` against the identity (index 0), averaged over the batch."""
+    def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the logits ``s/τ`` against the identity (index 0; ``target`` ``(B,)`` indices instead)."""
         if result.logits is None:
             raise ConfigError("prior_loss needs a result with logits (from a discrete canonicalizer)")
-        return identity_cross_entropy(result.logits)
+        return identity_cross_entropy(result.logits, target)
 
     def contrastive_loss(self, result: Canonicalization) -> torch.Tensor:
         """Mean over the batch and over pairs ``k ≠ k'`` of ``|cos(φ(g_k⁻¹x), φ(g_k'⁻¹x))|``; 0-dim.

@@ -174,13 +174,26 @@ def regular_to_matrix(group: FiniteGroup, logits: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bk,kij->bij", logits, mats)
 
 
-def identity_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Prior for discrete poses: cross-entropy of ``(B, |G|)`` logits against the identity (index 0)."""
-    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+def identity_cross_entropy(logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Prior for discrete poses: cross-entropy of ``(B, |G|)`` logits against the identity (index 0).
+
+    With ``target`` (``(B,)`` element indices), against those elements instead: the prior for
+    upright inputs moved by ``target`` (``pose(g·x) = g`` when ``pose(x) = e``).
+    """
+    if target is None:
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    elif target.shape != logits.shape[:1] or target.dtype != torch.long:
+        raise ShapeError(f"prior target: expected {logits.shape[0]} element indices, shape ({logits.shape[0]},) "
+                         f"int64, got shape {tuple(target.shape)} {target.dtype}")
+    return F.cross_entropy(logits, target.to(logits.device))
 
 
-def matrix_prior(pose: torch.Tensor) -> torch.Tensor:
-    """Prior for continuous poses: mean over the batch of ``‖R − I‖²_F``."""
-    eye = torch.eye(pose.shape[-1], dtype=pose.dtype, device=pose.device)
-    return ((pose - eye) ** 2).sum(dim=(-2, -1)).mean()
+def matrix_prior(pose: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Prior for continuous poses: mean over the batch of ``‖R − I‖²_F`` (``‖R − T‖²_F`` for a ``target`` ``T``)."""
+    if target is None:
+        target = torch.eye(pose.shape[-1], dtype=pose.dtype, device=pose.device)
+    elif target.shape != pose.shape:
+        raise ShapeError(f"prior target: expected matrices of the poses' shape {tuple(pose.shape)}, "
+                         f"got shape {tuple(target.shape)}")
+    return ((pose - target.to(pose)) ** 2).sum(dim=(-2, -1)).mean()
 

@@ -134,11 +134,14 @@ class GroupConv(Canonicalizer):
         canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)
         return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix})
 
-    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
-        """Cross-entropy to the identity (discrete groups) or ``‖R − I‖²_F`` (SO2/O2), averaged over the batch."""
+    def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy to the identity (discrete groups) or ``‖R − I‖²_F`` (SO2/O2), averaged over the batch.
+
+        ``target``: element indices ``(B,)`` (discrete) or matrices ``(B, 2, 2)`` to pull towards instead.
+        """
         if result.logits is not None:
-            return identity_cross_entropy(result.logits)
-        return matrix_prior(result.pose)
+            return identity_cross_entropy(result.logits, target)
+        return matrix_prior(result.pose, target)
 
 
 def _cases() -> list[RegistryCase]:

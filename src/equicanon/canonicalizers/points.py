@@ -83,9 +83,9 @@ class VectorNeurons(Canonicalizer):
         canonical = x @ pose.to(x.dtype)  # row i: (R^T x_i)^T
         return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors})
 
-    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
-        """``‖R − I‖²_F`` averaged over the batch."""
-        return matrix_prior(result.pose)
+    def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
+        """``‖R − I‖²_F`` averaged over the batch (``‖R − T‖²_F`` for ``target`` matrices ``(B, 3, 3)``)."""
+        return matrix_prior(result.pose, target)
 
 
 class ParticleVectorNeurons(Canonicalizer):
@@ -135,9 +135,12 @@ class ParticleVectorNeurons(Canonicalizer):
         pose = self.group.from_parts(rotation, centroid.to(rotation.dtype))
         return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors})
 
-    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
-        """``‖R − I‖²_F`` of the rotation part, averaged over the batch (the translation has no prior)."""
-        return matrix_prior(result.pose[:, :3, :3])
+    def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
+        """``‖R − I‖²_F`` of the rotation part, averaged over the batch (the translation has no prior).
+
+        ``target``: poses ``(B, 4, 4)``; their rotation parts replace ``I``.
+        """
+        return matrix_prior(result.pose[:, :3, :3], None if target is None else target[..., :3, :3])
 
 
 def _point_cases() -> list[RegistryCase]:

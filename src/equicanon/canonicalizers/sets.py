@@ -69,7 +69,7 @@ class Sort(Canonicalizer):
             canonical = straight_through(hard, soft)
         return Canonicalization(canonical, pose, self.group, logits=None, extras={"scores": scores})
 
-    def prior_loss(self, result: Canonicalization) -> torch.Tensor:
+    def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """Sets have no prior: no permutation of a set is more "upright" than another."""
         raise ConfigError(
             "Sort has no prior loss: a set has no preferred order, so pulling poses towards the identity "

@@ -59,6 +59,13 @@ class CanonicalizationModule(pl.LightningModule):
             ``ec.actions.Image(ec.C(4))``; default: the canonicalizer's action, and no
             transformed metrics for a plain model.
         val_seed: seed of the group elements drawn in validation.
+        transform_train: move each training batch by random elements ``g`` of the canonicalizer's
+            group (the action of ``val_action``) before the loss; the prior then pulls ``pose(g·x)``
+            towards ``g`` instead of the identity. For upright training data and an exactly equivariant
+            canonicalizer this is the same prior; where equivariance is only approximate (45° steps of
+            C(8), interpolated) it also teaches the poses of the rotated inputs the model will meet.
+            Regression targets move with the model's output action. The elements are drawn from a
+            generator seeded by ``val_seed``, the global step and the rank, so a resumed run draws the same.
         pose_atol: entry-wise tolerance of ``pose_agreement`` and ``identity_rate`` for matrix
             poses (continuous groups); for those the module also logs ``{stage}/pose_error_deg``,
             the mean angle between ``pose(g·x)`` and ``g pose(x)`` (:func:`~equicanon.metrics.pose_error`).
@@ -71,7 +78,8 @@ class CanonicalizationModule(pl.LightningModule):
     def __init__(self, model: Canonicalized | nn.Module, *, task: str = "classification", prior_weight: float = 0.0,
                  contrastive_weight: float = 0.0, lr: float = 1e-3, canonicalizer_lr: float | None = None,
                  freeze_predictor: bool = False, freeze_canonicalizer: bool = False,
-                 val_action: Action | None = None, val_seed: int = 0, pose_atol: float = 1e-6) -> None:
+                 val_action: Action | None = None, val_seed: int = 0, transform_train: bool = False,
+                 pose_atol: float = 1e-6) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be an nn.Module (e.g. ec.Canonicalized), got {type(model).__name__}")
@@ -111,6 +119,12 @@ class CanonicalizationModule(pl.LightningModule):
             if canon is not None:
                 canon.check_action(val_action, "val_action")
         self.val_action = val_action
+        if not isinstance(transform_train, bool):
+            raise ConfigError(f"transform_train must be true or false, got {transform_train!r}")
+        if transform_train and val_action is None:
+            raise ConfigError("transform_train needs a group to draw elements from: use a Canonicalized model "
+                              "or pass val_action")
+        self.transform_train = transform_train
         for part, frozen in ((self.predictor, self.freeze_predictor), (canon, self.freeze_canonicalizer)):
             if frozen and part is not None:
                 part.requires_grad_(False)
@@ -173,16 +187,38 @@ class CanonicalizationModule(pl.LightningModule):
             return (prediction.argmax(dim=1) == target).float().mean()
         return F.mse_loss(prediction, target.to(prediction.dtype))
 
+    def _move(self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g·x, y)`` for classification, ``(g·x, g ⋆ y)`` for regression (``g`` from ``val_action``'s group)."""
+        assert self.val_action is not None  # checked in __init__
+        output = self.model.output if isinstance(self.model, Canonicalized) else Trivial()
+        return self.val_action(g, x), (y if self.task == "classification" else output(g, y))
+
+    def _draw(self, batch_size: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``batch_size`` random elements of ``val_action``'s group, drawn on the CPU from ``seed``."""
+        group = self.val_action.group if self.val_action is not None else None
+        assert group is not None  # checked in __init__
+        g = group.sample(batch_size, generator=torch.Generator().manual_seed(seed)).to(device)
+        return g.to(dtype) if g.is_floating_point() else g
+
     def losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The loss terms of a batch: ``task``, ``prior`` and ``contrastive`` when weighted, and ``loss`` (their sum)."""
+        """The loss terms of a batch: ``task``, ``prior`` and ``contrastive`` when weighted, and ``loss`` (their sum).
+
+        With ``transform_train``, the batch is first moved by random group elements (see the class docstring).
+        """
         x, y = batch
+        target = None
+        if self.transform_train:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            seed = (self.val_seed * 1_000_003 + self.global_step) * 4_099 + rank + 1
+            target = self._draw(x.shape[0], seed, x.device, x.dtype)
+            x, y = self._move(target, x, y)
         prediction, res = self._run(x)
         terms = {"task": self.task_loss(prediction, y)}
         loss = terms["task"]
         canon = self.canonicalizer
         if canon is not None and res is not None:
             if self.prior_weight > 0:
-                terms["prior"] = canon.prior_loss(res)
+                terms["prior"] = canon.prior_loss(res, target)
                 loss = loss + self.prior_weight * terms["prior"]
             if self.contrastive_weight > 0:
                 terms["contrastive"] = canon.contrastive_loss(res)
@@ -207,15 +243,9 @@ class CanonicalizationModule(pl.LightningModule):
             metrics[f"{stage}/identity_rate"] = identity_rate(res, atol=self.pose_atol)
         action = self.val_action
         if action is not None:
-            group = action.group
-            assert group is not None  # checked in __init__
-            gen = torch.Generator().manual_seed(self.val_seed * 1_000_003 + batch_idx)
-            g = group.sample(x.shape[0], generator=gen).to(x.device)
-            if g.is_floating_point():
-                g = g.to(x.dtype)
-            moved_prediction, moved_res = self._run(action(g, x))
-            output = self.model.output if isinstance(self.model, Canonicalized) else Trivial()
-            moved_y = y if self.task == "classification" else output(g, y)
+            g = self._draw(x.shape[0], self.val_seed * 1_000_003 + batch_idx, x.device, x.dtype)
+            moved_x, moved_y = self._move(g, x, y)
+            moved_prediction, moved_res = self._run(moved_x)
             metrics[f"{stage}/{kind}_transformed"] = self._score(moved_prediction, moved_y)
             if res is not None and moved_res is not None:
                 metrics[f"{stage}/pose_agreement"] = pose_agreement(res, moved_res, g, atol=self.pose_atol)
