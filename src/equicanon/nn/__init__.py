@@ -1,5 +1,5 @@
 """Equivariant building blocks in plain torch: group convolutions (images), vector neurons
-(3-D points), DeepSets (sets)."""
+(3-D points), DeepSets (sets); and plain ResNets (predictors to wrap)."""
 
 from .gconv import (
     EquivariantAvgPool2d,
@@ -11,6 +11,7 @@ from .gconv import (
     steerable_basis,
     transform_filters,
 )
+from .resnet import ResNet, resnet50, resnet_small
 from .sets import DeepSetsLayer, DeepSetsScorer
 from .vector_neurons import VNBatchNorm, VNEdgeConv, VNInvariant, VNLeakyReLU, VNLinear, VNMeanPool, knn
 
@@ -32,4 +33,7 @@ __all__ = [
     "VNEdgeConv",
     "DeepSetsLayer",
     "DeepSetsScorer",
+    "ResNet",
+    "resnet50",
+    "resnet_small",
 ]
