@@ -8,12 +8,13 @@
 from . import actions, canonicalizers, errors, groups, metrics, nn, testing
 from .adapt import Canonicalized, FrameAveraged, GroupAveraged
 from .groups import E3, O2, O3, SE3, SO2, SO3, C, D, Octahedral, S
+from .pretrained import adapt_pretrained, train_canonicalizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "C", "D", "SO2", "O2", "SO3", "O3", "S", "SE3", "E3", "Octahedral",
-    "Canonicalized", "GroupAveraged", "FrameAveraged",
+    "Canonicalized", "GroupAveraged", "FrameAveraged", "adapt_pretrained", "train_canonicalizer",
     "actions", "canonicalizers", "errors", "groups", "nn", "testing", "metrics",
     "__version__",
 ]
