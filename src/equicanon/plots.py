@@ -24,7 +24,7 @@ from .actions import Action, Image, Particles, Points
 from .errors import ConfigError, ShapeError, check_choice
 from .groups import SO2, SO3, Group, MatrixGroup, PlanarFiniteGroup, RigidGroup
 
-__all__ = ["plot_canonical_forms", "metric_by_angle", "plot_metric_by_angle", "turn_about_axis"]
+__all__ = ["plot_canonical_forms", "plot_rows", "metric_by_angle", "plot_metric_by_angle", "turn_about_axis"]
 
 
 def _panel(ax: object, sample: torch.Tensor, kind: str) -> None:
@@ -83,25 +83,41 @@ def plot_canonical_forms(inputs: torch.Tensor, canonical: torch.Tensor, path: st
     Returns:
         ``path``.
     """
-    if inputs.shape != canonical.shape:
-        raise ShapeError(f"inputs {tuple(inputs.shape)} and canonical forms {tuple(canonical.shape)} differ in shape")
-    if not 1 <= len(inputs) <= 16:
-        raise ShapeError(f"draw 1 to 16 samples, got {len(inputs)}")
-    if titles is not None and len(titles) != len(inputs):
-        raise ConfigError(f"{len(titles)} titles for {len(inputs)} inputs")
-    drawn = _kind(inputs, kind)
+    return plot_rows({"input": inputs, "canonical": canonical}, path, titles=titles, kind=kind, title=title)
+
+
+def plot_rows(rows: Mapping[str, torch.Tensor], path: str | Path, *, titles: Sequence[str] | None = None,
+              kind: str = "auto", title: str = "") -> Path:
+    """Draw one row per entry of ``rows`` (label → samples of one shape), sample ``i`` in column ``i``; save a PNG.
+
+    E.g. ``{"input": x, "canonical, no prior": a, "canonical, prior": b}`` for images ``(B, C, H, W)``;
+    samples as in :func:`plot_canonical_forms`, at most 16 columns.
+    """
+    if not rows:
+        raise ConfigError("rows: give at least one row of samples")
+    first = next(iter(rows.values()))
+    for label, samples in rows.items():
+        if samples.shape != first.shape:
+            raise ShapeError(f"rows differ in shape: {label!r} has {tuple(samples.shape)}, the first row "
+                             f"{tuple(first.shape)}")
+    if not 1 <= len(first) <= 16:
+        raise ShapeError(f"draw 1 to 16 samples, got {len(first)}")
+    if titles is not None and len(titles) != len(first):
+        raise ConfigError(f"{len(titles)} titles for {len(first)} inputs")
+    drawn = _kind(first, kind)
     plt = require_matplotlib()
-    n = len(inputs)
-    fig = plt.figure(figsize=(1.5 * n + 0.6, 3.4))
-    for i in range(n):
-        for row, sample in enumerate((inputs[i], canonical[i])):
-            ax = fig.add_subplot(2, n, row * n + i + 1, projection="3d" if drawn == "points" else None)
-            _panel(ax, sample, drawn)
+    n, m = len(first), len(rows)
+    fig = plt.figure(figsize=(1.5 * n + 0.9, 1.55 * m + 0.3))
+    for row, (label, samples) in enumerate(rows.items()):
+        for i in range(n):
+            ax = fig.add_subplot(m, n, row * n + i + 1, projection="3d" if drawn == "points" else None)
+            _panel(ax, samples[i], drawn)
             if row == 0 and titles is not None:
                 ax.set_title(titles[i], fontsize=8)
             if i == 0 and drawn != "points":
-                ax.set_ylabel("input" if row == 0 else "canonical", fontsize=9)
-    fig.suptitle(title)
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title)
     return _save(plt, fig, path)
 
 
