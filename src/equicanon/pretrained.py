@@ -55,7 +55,7 @@ def _batches(data: Data, batch_size: int, generator: torch.Generator) -> Iterato
         while True:
             idx = torch.randint(len(x), (batch_size,), generator=generator).to(x.device)
             yield x[idx], (None if y is None else y[idx])
-    if not isinstance(data, Iterable):
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise DTypeError(f"data: expected a tensor (N, C, H, W), a pair (inputs, labels) or an iterable of batches "
                          f"(e.g. a DataLoader), got {type(data).__name__}")
     while True:
@@ -170,7 +170,7 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
             total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
             assert isinstance(total, torch.Tensor)
             if not torch.isfinite(total):
-                raise InputValueError(f"step {step}: the loss is {float(total)}, not finite; check the data for "
+                raise InputValueError(f"step {step}: the loss is {float(total.detach())}, not finite; check the data for "
                                       "NaN/Inf or lower lr")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
