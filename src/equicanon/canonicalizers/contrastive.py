@@ -119,7 +119,7 @@ class Contrastive(Canonicalizer):
             Chunks hold all ``|G|`` copies of each input, so a chunk is closed under the group.
         action: how the group acts on inputs; default ``Image(group)`` for planar groups,
             ``Points(group)`` for 3-D groups.
-        crop, resize: images only: the network sees the centre ``crop`` fraction resized to
+        crop, resize: images only: the network sees the centre ``crop`` fraction shrunk to at most
             ``resize`` pixels (as in :class:`~equicanon.canonicalizers.GroupConv`); the
             canonical form is the whole input.
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
@@ -299,11 +299,14 @@ class Contrastive(Canonicalizer):
         elif not isinstance(x, torch.Tensor):
             raise DTypeError(f"x: expected a tensor, got {type(x).__name__}")
         check_floating(x)
-        copies = all_transforms(self.group, self.action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
+        copies: torch.Tensor | None
         if self.is_image and (self.crop is not None or self.resize is not None):
             view = all_transforms(self.group, self.action, center_crop_resize(x, self.crop, self.resize))
+            # full-size copies only when gradients need the mixture of all of them (training);
+            # at inference discrete_canonicalize transforms each input once, by its pose
+            copies = None
         else:
-            view = copies
+            view = copies = all_transforms(self.group, self.action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
         embeddings = self.embed(view)
         s = self.scores(embeddings)
         logits = s / self.temperature

@@ -9,7 +9,7 @@ from torch import nn
 from ..actions import Image
 from ..errors import ConfigError, GroupMismatchError, check_floating, check_positive_int, check_shape
 from ..groups import O2, SO2, C, D, FiniteGroup, Group, PlanarFiniteGroup
-from ..nn import GroupBatchNorm, GroupConv2d, LiftingConv2d
+from ..nn import EquivariantAvgPool2d, GroupBatchNorm, GroupConv2d, LiftingConv2d
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import discrete_canonicalize, gram_schmidt, identity_cross_entropy, matrix_prior, regular_to_matrix
 
@@ -17,17 +17,19 @@ __all__ = ["GroupConv", "center_crop_resize"]
 
 
 def center_crop_resize(x: torch.Tensor, crop: float | None, resize: int | None) -> torch.Tensor:
-    """The centre ``crop`` fraction of ``x`` ``(B, C, H, W)``, resized to ``resize`` pixels a side.
+    """The centre ``crop`` fraction of ``x`` ``(B, C, H, W)``, shrunk to ``resize`` pixels a side.
 
     The crop removes the same number of pixels on each side, and the resize
     (bilinear, antialiased, ``align_corners=False``) maps the grid centre to the
-    grid centre, so both commute with rotations about the centre.
+    grid centre, so both commute with rotations about the centre. ``resize`` never
+    enlarges: a crop whose sides are both at most ``resize`` is returned as it is, so one
+    setting (the paper's 96) serves 28-pixel and 224-pixel images alike.
     """
     if crop is not None:
         h, w = x.shape[-2:]
         mh, mw = round(h * (1 - crop) / 2), round(w * (1 - crop) / 2)
         x = x[..., mh:h - mh, mw:w - mw]
-    if resize is not None and tuple(x.shape[-2:]) != (resize, resize):
+    if resize is not None and max(x.shape[-2:]) > resize:
         x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False,
                           antialias=resize < min(x.shape[-2:]))
     return x
@@ -61,13 +63,18 @@ class GroupConv(Canonicalizer):
         crop: if set, the network sees only the centre ``crop`` fraction of the image
             (the paper's setup for large inputs: 0.8); the canonical form is always
             computed on the whole input.
-        resize: if set, the (cropped) view is resized to ``resize`` pixels a side (paper: 96).
+        resize: if set, a (cropped) view larger than ``resize`` pixels is shrunk to ``resize`` a side
+            (paper: 96 for 224-pixel images); smaller views are left as they are.
         temperature: softmax temperature of the straight-through backward pass.
         gumbel: add Gumbel noise to the logits in training mode (never in eval mode).
         padding: how :class:`equicanon.actions.Image` fills pixels that rotations by
             angles other than multiples of 90° bring in.
         rotations: size of the rotation subgroup the network uses for SO2()/O2() poses.
         batch_norm: use :class:`equicanon.nn.GroupBatchNorm` between layers.
+        pool: halve the feature maps before every group convolution with
+            :class:`equicanon.nn.EquivariantAvgPool2d` (centred, so equivariance is kept). The pose
+            is global, so full resolution in every layer is wasted work: with ``layers=3`` this cuts
+            the cost about 4x (``docs/benchmarks.md``).
         filters: ``"free"``, ``"steerable"`` or ``"auto"`` (steerable when the network's group has
             angles other than multiples of 90°); see :mod:`equicanon.nn`.
 
@@ -81,9 +88,10 @@ class GroupConv(Canonicalizer):
     def __init__(self, group: Group, in_channels: int, *, hidden: int = 16, layers: int = 3, kernel_size: int = 5,
                  crop: float | None = None, resize: int | None = None, temperature: float = 1.0,
                  gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True,
-                 filters: str = "auto") -> None:
+                 filters: str = "auto", pool: bool = False) -> None:
         super().__init__()
         self.group = group
+        self.pool = bool(pool)
         self.net_group = _network_group(group, check_positive_int(rotations, "rotations"))
         self.action = Image(group, padding=padding)
         self.in_channels = check_positive_int(in_channels, "in_channels")
@@ -106,6 +114,8 @@ class GroupConv(Canonicalizer):
             if batch_norm:
                 blocks.append(GroupBatchNorm(hidden))
             blocks.append(nn.ReLU())
+            if self.pool:
+                blocks.append(EquivariantAvgPool2d())
             last = i == layers - 2
             blocks.append(GroupConv2d(g, hidden, 1 if last else hidden, kernel_size, bias=not (batch_norm or last),
                                       filters=filters))
@@ -151,6 +161,7 @@ def _cases() -> list[RegistryCase]:
         for g in (C(4), D(4), C(2), D(1))
     ]
     cases.append(RegistryCase("C(4) crop+resize", lambda: GroupConv(C(4), 3, hidden=4, crop=0.8, resize=15), shape))
+    cases.append(RegistryCase("D(4) pool", lambda: GroupConv(D(4), 3, hidden=4, kernel_size=3, pool=True), shape))
     cases.append(RegistryCase("C(8)", lambda: GroupConv(C(8), 3, hidden=4, kernel_size=3), shape, exact=False))
     cases.append(RegistryCase("SO2", lambda: GroupConv(SO2(), 3, hidden=4, kernel_size=3), shape, exact=False))
     cases.append(RegistryCase("O2", lambda: GroupConv(O2(), 3, hidden=4, kernel_size=3), shape, exact=False))

@@ -18,6 +18,10 @@ from ..errors import ShapeError, check_positive_int
 __all__ = ["knn", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
 
 
+#: distances per block of :func:`knn` (``2**24`` float32 = 64 MiB); smaller clouds are done in one block
+KNN_BLOCK = 2**24
+
+
 def knn(points: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``(B, N, k)`` of the ``k`` nearest points of each point (itself included), plain torch.
 
@@ -28,8 +32,15 @@ def knn(points: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, points.shape[1])
     # squared distances from inner products, as cdist does, without the sqrt
     sq = (points * points).sum(-1)
-    dist = sq[:, :, None] + sq[:, None, :] - 2 * points @ points.transpose(1, 2)
-    return dist.topk(k, dim=-1, largest=False).indices
+    b, n = points.shape[:2]
+    # (B, rows, N) distances at a time: memory O(KNN_BLOCK) rather than O(B N^2) for large clouds;
+    # each block's top-k is taken before the next block exists
+    rows = n if b * n * n <= KNN_BLOCK else max(1, KNN_BLOCK // (b * n))
+    parts = []
+    for i in range(0, n, rows):
+        dist = sq[:, i:i + rows, None] + sq[:, None, :] - 2 * points[:, i:i + rows] @ points.transpose(1, 2)
+        parts.append(dist.topk(k, dim=-1, largest=False).indices)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 class VNLinear(nn.Module):

@@ -1,0 +1,451 @@
+"""Performance of canonicalization next to the predictor it wraps, measured side by side in one process.
+
+Five measurements, each a ratio of medians over interleaved rounds (a, b / b, a, ...) after a warm-up:
+
+1. inference: ``Canonicalized(p, GroupConv(C(8)))`` over the bare predictor ``p``, for a small CNN
+   (28 px), a ResNet-20 (32 px) and ResNet-50 (224 px), batch 8 and 64; target: at most +10% at 224 px;
+2. ``GroupAveraged(p, C(8))`` (8 passes of ``p``) over ``Canonicalized``; target: at least 6x;
+3. one training step (forward, backward, SGD step) canonicalized over bare;
+4. ``Contrastive`` (EquiOptAdapt: a small CNN scores all 8 copies) over ``GroupConv`` for C(8), per image,
+   and Contrastive's peak memory with and without ``chunk_size``;
+5. ``VectorNeurons(SO3())`` throughput (points/s) and peak memory from 1k to 16k points per cloud;
+
+plus what makes the canonicalizer cheap: the downscaled centre crop (crop 0.8, resize 96),
+equivariant pooling (``GroupConv(pool=True)``), channels_last and torch.compile.
+
+Run: ``python benchmarks/performance.py`` (a few minutes on 2 CPU cores; ``--device cuda`` on a GPU;
+``--quick`` for a seconds-long smoke run). Prints markdown tables and, unless ``--quick``, rewrites the
+generated part of ``docs/benchmarks.md``, ``docs/benchmarks/performance.json`` and the plot
+``docs/benchmarks/performance.png`` (needs matplotlib; skipped without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _perf import Timing, interleaved, machine, peak_memory_mib, rss_rise_mib, sync
+
+import equicanon as ec
+from equicanon.canonicalizers import Contrastive, GroupConv, VectorNeurons
+from equicanon.canonicalizers.backbones import SmallCNN
+from equicanon.training.models import small_cnn
+
+GROUP = ec.C(8)
+BEGIN, END = "<!-- BEGIN GENERATED: benchmarks/performance.py -->", "<!-- END GENERATED -->"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def canonicalizer(in_channels: int, **overrides: object) -> GroupConv:
+    """The benchmarked canonicalizer: C(8) group convolutions on a 0.8 centre crop shrunk to at most 96 px, pooled."""
+    kwargs: dict[str, object] = {"hidden": 8, "kernel_size": 5, "layers": 3, "crop": 0.8, "resize": 96, "pool": True}
+    kwargs.update(overrides)
+    return GroupConv(GROUP, in_channels=in_channels, **kwargs)  # type: ignore[arg-type]
+
+
+def predictors(quick: bool) -> list[tuple[str, Callable[[], nn.Module], tuple[int, int, int]]]:
+    """(name, builder, input shape C x H x W); only the small CNN in ``--quick``."""
+    ladder: list[tuple[str, Callable[[], nn.Module], tuple[int, int, int]]] = [
+        ("small CNN", lambda: small_cnn(10, 1, 32), (1, 28, 28)),
+        ("ResNet-20", lambda: ec.nn.resnet_small(10, 3), (3, 32, 32)),
+        ("ResNet-50", lambda: ec.nn.resnet50(), (3, 224, 224)),
+    ]
+    return ladder[:1] if quick else ladder
+
+
+class Bench:
+    """Settings shared by every measurement, and the collected rows."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.device = torch.device(args.device)
+        self.quick = args.quick
+        self.repeats = 3 if args.quick else args.repeats
+        self.budget = 2.0 if args.quick else args.budget
+        self.batches = (2,) if args.quick else (8, 64)
+        self.subprocess = not args.quick  # peak memory in a fresh process (in this one for smoke runs)
+        self.threads = torch.get_num_threads()
+        self.results: dict[str, list[dict[str, object]]] = {}
+        self.gen = torch.Generator().manual_seed(0)
+
+    def inputs(self, batch: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.rand(batch, *shape, generator=self.gen).to(self.device)
+
+    def time(self, fns: dict[str, Callable[[], object]]) -> Timing:
+        return interleaved(fns, self.device, repeats=self.repeats, budget_s=self.budget)
+
+    def add(self, table: str, row: dict[str, object]) -> None:
+        self.results.setdefault(table, []).append(row)
+        print(f"  {table}: " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def ms(seconds: float) -> float:
+    return round(1000 * seconds, 2)
+
+
+# --- 1 and 2: inference, group averaging ---------------------------------------------------------------------
+
+
+def inference(b: Bench) -> None:
+    for name, build, shape in predictors(b.quick):
+        pred = build().to(b.device).eval()
+        canon = canonicalizer(shape[0]).to(b.device).eval()
+        model = ec.Canonicalized(pred, canon).eval()
+        averaged = ec.GroupAveraged(pred, GROUP).eval()
+        for batch in b.batches:
+            x = b.inputs(batch, shape)
+            with torch.inference_mode():
+                fns: dict[str, Callable[[], object]] = {"bare": partial(pred, x), "canonicalizer": partial(canon, x),
+                                                        "canonicalized": partial(model, x)}
+                t = b.time(fns)
+                size = f"{shape[1]} px"
+                b.add("inference", {"predictor": name, "input": size, "batch": batch, "bare_ms": ms(t.median("bare")),
+                                    "canonicalizer_ms": ms(t.median("canonicalizer")),
+                                    "canonicalized_ms": ms(t.median("canonicalized")),
+                                    "ratio": round(t.ratio("canonicalized", "bare"), 3)})
+                if batch == b.batches[0] or name != "ResNet-50":  # 8 ResNet-50 passes at batch 64: too slow on a CPU
+                    t = b.time({"canonicalized": partial(model, x), "group_averaged": partial(averaged, x)})
+                    b.add("group_averaged", {"predictor": name, "input": size, "batch": batch,
+                                             "canonicalized_ms": ms(t.median("canonicalized")),
+                                             "group_averaged_ms": ms(t.median("group_averaged")),
+                                             "ratio": round(t.ratio("group_averaged", "canonicalized"), 2)})
+
+
+# --- 3: training step ----------------------------------------------------------------------------------------
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, canon: bool) -> None:
+    opt.zero_grad(set_to_none=True)
+    if canon:
+        logits, res = model(x, return_canonicalization=True)
+        loss = F.cross_entropy(logits, y) + model.canonicalizer.prior_loss(res)
+    else:
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+
+
+def training(b: Bench) -> None:
+    for name, build, shape in predictors(b.quick):
+        batch = b.batches[0]
+        bare = build().to(b.device).train()
+        model = ec.Canonicalized(copy.deepcopy(bare), canonicalizer(shape[0])).to(b.device).train()
+        opt_b = torch.optim.SGD(bare.parameters(), lr=1e-3)
+        opt_c = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = b.inputs(batch, shape)
+        y = torch.randint(0, 10, (batch,), generator=b.gen).to(b.device)
+        t = b.time({"bare": partial(_step, bare, opt_b, x, y, False),
+                    "canonicalized": partial(_step, model, opt_c, x, y, True)})
+        b.add("training", {"predictor": name, "input": f"{shape[1]} px", "batch": batch, "bare_ms": ms(t.median("bare")),
+                           "canonicalized_ms": ms(t.median("canonicalized")),
+                           "ratio": round(t.ratio("canonicalized", "bare"), 3)})
+
+
+# --- 4: Contrastive against GroupConv ------------------------------------------------------------------------
+
+
+def _contrastive(chunk: int | None = None) -> Contrastive:
+    return Contrastive(GROUP, SmallCNN(3), crop=0.8, resize=96, chunk_size=chunk)
+
+
+def contrastive(b: Bench, script: Path) -> None:
+    size = 32 if b.quick else 224
+    batch = b.batches[0]
+    x = b.inputs(batch, (3, size, size))
+    lc = canonicalizer(3).to(b.device).eval()
+    opt = _contrastive().to(b.device).eval()
+    with torch.inference_mode():
+        t = b.time({"group_conv": lambda: lc(x), "contrastive": lambda: opt(x)})
+    b.add("contrastive", {"input": f"{size} px", "batch": batch, "group_conv_ms_per_image": ms(t.median("group_conv") / batch),
+                          "contrastive_ms_per_image": ms(t.median("contrastive") / batch),
+                          "ratio": round(t.ratio("contrastive", "group_conv"), 2)})
+    for chunk in (None, 1):
+        spec = {"kind": "contrastive", "chunk": chunk, "batch": batch, "size": size, "device": str(b.device)}
+        model = _contrastive(chunk).to(b.device).eval()
+        peak = peak_memory_mib(partial(_no_grad, model, x), b.device, spec, script, b.threads, subprocess_=b.subprocess)
+        b.add("contrastive_memory", {"chunk_size": str(chunk), "batch": batch, "input": f"{size} px",
+                                     "peak_mib": round(peak, 1)})
+
+
+def _no_grad(model: nn.Module, x: torch.Tensor) -> object:
+    with torch.inference_mode():
+        return model(x)
+
+
+# --- 5: point clouds -----------------------------------------------------------------------------------------
+
+
+def _cloud(batch: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.randn(batch, n, 3, generator=torch.Generator().manual_seed(n)).to(device)
+
+
+def points(b: Bench, script: Path) -> None:
+    sizes = (128, 256) if b.quick else (1024, 2048, 4096, 8192, 16384)
+    batch = 2
+    torch.manual_seed(0)
+    vn = VectorNeurons(ec.SO3()).to(b.device).eval()
+    for n in sizes:
+        x = _cloud(batch, n, b.device)
+        with torch.inference_mode():
+            t = b.time({"vector_neurons": partial(vn, x)})
+        spec = {"kind": "points", "n": n, "batch": batch, "device": str(b.device)}
+        peak = peak_memory_mib(partial(_no_grad, vn, x), b.device, spec, script, b.threads, subprocess_=b.subprocess)
+        sec = t.median("vector_neurons")
+        b.add("points", {"points": n, "batch": batch, "ms": ms(sec), "points_per_s": round(batch * n / sec),
+                         "peak_mib": round(peak, 1)})
+
+
+def peak_child(spec: dict[str, object]) -> None:
+    """Child process of :func:`peak_memory_mib` on the CPU: build the workload, then report the peak-RSS rise of one call."""
+    torch.manual_seed(0)
+    device = torch.device(str(spec["device"]))
+    if spec["kind"] == "points":
+        model: nn.Module = VectorNeurons(ec.SO3()).eval()
+        x = _cloud(int(spec["batch"]), int(spec["n"]), device)
+    else:
+        chunk = spec["chunk"]
+        model = _contrastive(None if chunk is None else int(chunk)).eval()
+        size = int(spec["size"])
+        x = torch.rand(int(spec["batch"]), 3, size, size)
+    print(json.dumps({"peak_mib": rss_rise_mib(lambda: _no_grad(model, x))}))
+
+
+# --- making it fast: what each choice costs ----------------------------------------------------------------
+
+
+def ablation(b: Bench, compile_: bool) -> None:
+    """Canonicalizer variants and predictor memory formats against the bare ResNet-50 (batch 8, 224 px)."""
+    size = 224
+    batch = b.batches[0]
+    x = b.inputs(batch, (3, size, size))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    pred = ec.nn.resnet50().to(b.device).eval()
+    pred_cl = copy.deepcopy(pred).to(memory_format=torch.channels_last)
+    variants: dict[str, nn.Module] = {
+        "GroupConv hidden 16, whole 224 px input": canonicalizer(3, hidden=16, crop=None, resize=None, pool=False),
+        "GroupConv hidden 16, crop 0.8 + resize 96": canonicalizer(3, hidden=16, pool=False),
+        "GroupConv hidden 8, crop 0.8 + resize 96": canonicalizer(3, pool=False),
+        "GroupConv hidden 8, crop 0.8 + resize 96, pool (benchmarked)": canonicalizer(3),
+    }
+    fns: dict[str, Callable[[], object]] = {"ResNet-50 (bare, NCHW)": lambda: pred(x),
+                                            "ResNet-50 (bare, channels_last)": lambda: pred_cl(x_cl)}
+    for name, mod in variants.items():
+        m = mod.to(b.device).eval()
+        fns[name] = lambda m=m: m(x)
+    bench = canonicalizer(3).to(b.device).eval()
+    fns["benchmarked canonicalizer, channels_last input"] = lambda: bench(x_cl)
+    model_cl = ec.Canonicalized(pred_cl, bench).eval()
+    fns["Canonicalized ResNet-50 (channels_last predictor)"] = lambda: model_cl(x_cl)
+    notes: dict[str, str] = {}
+    if compile_:
+        compiled, seconds, error = _try_compile(bench, x)
+        if compiled is not None:
+            fns["benchmarked canonicalizer, torch.compile"] = lambda: compiled(x)
+            notes["benchmarked canonicalizer, torch.compile"] = f"compile + first call {seconds:.0f} s"
+        else:
+            notes["torch.compile"] = f"failed after {seconds:.0f} s: {error}"
+    with torch.inference_mode():
+        t = b.time(fns)
+    base = t.median("ResNet-50 (bare, NCHW)")
+    for name in fns:
+        b.add("ablation", {"variant": name, "batch": batch, "input": f"{size} px", "ms": ms(t.median(name)),
+                           "vs_resnet50": round(t.median(name) / base, 3), "note": notes.get(name, "")})
+    if "torch.compile" in notes:
+        b.add("ablation", {"variant": "torch.compile", "batch": batch, "input": f"{size} px", "ms": float("nan"),
+                           "vs_resnet50": float("nan"), "note": notes["torch.compile"]})
+
+
+def _try_compile(module: nn.Module, x: torch.Tensor) -> tuple[Callable[[torch.Tensor], object] | None, float, str]:
+    start = time.perf_counter()
+    try:
+        compiled = torch.compile(module)
+        with torch.inference_mode():
+            compiled(x)
+        return compiled, time.perf_counter() - start, ""
+    except Exception as e:  # any compiler failure is reported, not fatal
+        return None, time.perf_counter() - start, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "inference": [("predictor", "predictor"), ("input", "input"), ("batch", "batch"), ("bare_ms", "bare ms"),
+                  ("canonicalizer_ms", "canonicalizer alone ms"), ("canonicalized_ms", "canonicalized ms"),
+                  ("ratio", "canonicalized / bare")],
+    "group_averaged": [("predictor", "predictor"), ("input", "input"), ("batch", "batch"),
+                       ("canonicalized_ms", "canonicalized ms"), ("group_averaged_ms", "GroupAveraged ms"),
+                       ("ratio", "GroupAveraged / canonicalized")],
+    "training": [("predictor", "predictor"), ("input", "input"), ("batch", "batch"), ("bare_ms", "bare step ms"),
+                 ("canonicalized_ms", "canonicalized step ms"), ("ratio", "canonicalized / bare")],
+    "contrastive": [("input", "input"), ("batch", "batch"), ("group_conv_ms_per_image", "GroupConv ms/image"),
+                    ("contrastive_ms_per_image", "Contrastive ms/image"), ("ratio", "Contrastive / GroupConv")],
+    "contrastive_memory": [("chunk_size", "Contrastive chunk_size"), ("input", "input"), ("batch", "batch"),
+                           ("peak_mib", "peak memory MiB")],
+    "points": [("points", "points per cloud"), ("batch", "batch"), ("ms", "ms per batch"),
+               ("points_per_s", "points/s"), ("peak_mib", "peak memory MiB")],
+    "ablation": [("variant", "module"), ("input", "input"), ("batch", "batch"), ("ms", "ms"),
+                 ("vs_resnet50", "/ bare ResNet-50 NCHW"), ("note", "note")],
+}
+TITLES = {
+    "inference": "1. Inference: canonicalized over bare predictor (target at 224 px: at most 1.10)",
+    "group_averaged": "2. GroupAveraged (|G| = 8) over canonicalized (target: at least 6)",
+    "training": "3. Training step (forward, backward, SGD step; prior loss included): canonicalized over bare",
+    "contrastive": "4. Contrastive (EquiOptAdapt, SmallCNN scorer) over GroupConv canonicalizer, C(8), per image",
+    "contrastive_memory": "4b. Contrastive peak memory, inference, all copies at once vs one input's copies at a time",
+    "points": "5. VectorNeurons(SO3()) canonicalizer: throughput and peak memory",
+    "ablation": "Making it fast: canonicalizer variants, channels_last and torch.compile (inference)",
+}
+
+
+def markdown(results: dict[str, list[dict[str, object]]]) -> str:
+    out = []
+    for key, cols in COLUMNS.items():
+        rows = results.get(key)
+        if not rows:
+            continue
+        out += [f"#### {TITLES[key]}", "", "| " + " | ".join(h for _, h in cols) + " |",
+                "|" + "|".join("---" for _ in cols) + "|"]
+        out += ["| " + " | ".join(str(r.get(k, "")) for k, _ in cols) + " |" for r in rows]
+        out.append("")
+    return "\n".join(out)
+
+
+def header(info: dict[str, object], args: argparse.Namespace, wall: float) -> str:
+    where = info.get("gpu") if args.device.startswith("cuda") else info["cpu"]
+    return (f"Measured on **{args.device}** ({where}), torch {info['torch']}, {info['threads']} threads "
+            f"({info['cpu_count']} CPUs, load average before the run {info['load_average']}), "
+            f"by `python benchmarks/performance.py{' --device ' + args.device if args.device != 'cpu' else ''}` "
+            f"in {wall:.0f} s. Times are medians over interleaved rounds after one warm-up; ratios are medians of "
+            "per-round ratios.\n")
+
+
+def summary(results: dict[str, list[dict[str, object]]]) -> list[str]:
+    lines = []
+    big = [r for r in results.get("inference", []) if r["predictor"] == "ResNet-50"]
+    if big:
+        worst = max(float(r["ratio"]) for r in big)  # type: ignore[arg-type]
+        lines.append(f"target 1 (canonicalized / bare at {big[0]['input']} <= 1.10): worst {worst:.3f} "
+                     f"-> {'met' if worst <= 1.10 else 'NOT met'}")
+    ga = [r for r in results.get("group_averaged", []) if r["predictor"] == "ResNet-50"]
+    if ga:
+        low = min(float(r["ratio"]) for r in ga)  # type: ignore[arg-type]
+        lines.append(f"target 2 (GroupAveraged / canonicalized >= 6, ResNet-50): {low:.2f} -> {'met' if low >= 6 else 'NOT met'}")
+    return lines
+
+
+def write(out_dir: Path, text: str, results: dict[str, object]) -> None:
+    (out_dir / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "benchmarks" / "performance.json").write_text(json.dumps(results, indent=1) + "\n")
+    doc = out_dir / "benchmarks.md"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if doc.exists() and BEGIN in doc.read_text():
+        old = doc.read_text()
+        doc.write_text(old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):])
+    else:
+        doc.write_text(f"# Performance benchmarks\n\n{block}\n")
+    plot(results, out_dir / "benchmarks" / "performance.png")
+
+
+def plot(results: dict[str, object], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no plot written to {path}")
+        return
+    tables = results["tables"]
+    assert isinstance(tables, dict)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    inf = tables.get("inference", [])
+    labels = [f"{r['predictor']}\n{r['input']}, b{r['batch']}" for r in inf]
+    axes[0].bar(labels, [100 * (r["ratio"] - 1) for r in inf], color="tab:blue")
+    axes[0].axhline(10, color="tab:red", ls="--", label="target +10%")
+    axes[0].set_ylabel("canonicalization overhead (%)")
+    axes[0].set_title("1. inference overhead")
+    axes[0].legend()
+    axes[0].tick_params(axis="x", labelsize=7)
+    ga = tables.get("group_averaged", [])
+    axes[1].bar([f"{r['predictor']}\n{r['input']}, b{r['batch']}" for r in ga], [r["ratio"] for r in ga], color="tab:green")
+    axes[1].axhline(6, color="tab:red", ls="--", label="target 6x")
+    axes[1].set_ylabel("GroupAveraged time / canonicalized time")
+    axes[1].set_title("2. |G| = 8 averaging vs canonicalization")
+    axes[1].legend()
+    axes[1].tick_params(axis="x", labelsize=7)
+    pts = tables.get("points", [])
+    ax = axes[2]
+    ax.plot([r["points"] for r in pts], [r["points_per_s"] / 1e6 for r in pts], "o-", color="tab:purple")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("points per cloud")
+    ax.set_ylabel("million points / s", color="tab:purple")
+    ax2 = ax.twinx()
+    ax2.plot([r["points"] for r in pts], [r["peak_mib"] for r in pts], "s--", color="tab:orange")
+    ax2.set_ylabel("peak memory (MiB)", color="tab:orange")
+    ax.set_title("5. VectorNeurons(SO3) canonicalizer")
+    info = results["machine"]
+    assert isinstance(info, dict)
+    fig.suptitle(f"equicanon performance on {results['device']} ({info.get('gpu') or info['cpu']}, "
+                 f"{info['threads']} threads)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few rounds: a smoke test of the script")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (at least 3)")
+    p.add_argument("--budget", type=float, default=25.0, help="seconds a measurement may take before rounds drop to 3")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="write benchmarks.md, benchmarks/performance.{json,png} here (default: docs/, none with --quick)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.peak_child is not None:
+        peak_child(json.loads(args.peak_child))
+        return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    info = machine()
+    print(f"# equicanon performance  device={args.device}  " + "  ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    start = time.perf_counter()
+    b = Bench(args)
+    torch.manual_seed(0)
+    script = Path(__file__).resolve()
+    steps = [inference, training, lambda b: contrastive(b, script), lambda b: points(b, script)]
+    if not args.quick:  # ResNet-50 variants: too slow for a smoke run
+        steps.append(lambda b: ablation(b, not args.no_compile))
+    for step in steps:
+        step(b)
+        sync(b.device)
+    wall = time.perf_counter() - start
+    text = header(info, args, wall) + "\n" + markdown(b.results)
+    print("\n" + text)
+    for line in summary(b.results):
+        print(line)
+    out_dir = args.output_dir if args.output_dir is not None else (None if args.quick else ROOT / "docs")
+    if out_dir is not None:
+        write(out_dir, text + "\n" + "\n".join(f"- {s}" for s in summary(b.results)) + "\n",
+              {"device": args.device, "machine": info, "wall_s": round(wall, 1), "quick": args.quick, "tables": b.results})
+        print(f"wrote {out_dir / 'benchmarks.md'} and {out_dir / 'benchmarks'}/performance.json")
+    print(f"total {wall:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
