@@ -185,8 +185,8 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
 def adapt_pretrained(model: nn.Module, group: Group, *, in_channels: int = 3, output: Action | None = None,
                      canonicalizer: Canonicalizer | None = None, data: Data | None = None, steps: int = 0,
                      finetune: bool = False, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                     crop: float | None = 0.8, resize: int | None = 96, hidden: int = 16, layers: int = 3,
-                     kernel_size: int = 5, prior_weight: float = 100.0, contrastive_weight: float = 0.0,
+                     crop: float | None = 0.8, resize: int | None = 96, hidden: int = 8, layers: int = 3,
+                     kernel_size: int = 5, pool: bool = True, prior_weight: float = 100.0, contrastive_weight: float = 0.0,
                      transform_inputs: bool = True,
                      augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                      lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
@@ -195,8 +195,10 @@ def adapt_pretrained(model: nn.Module, group: Group, *, in_channels: int = 3, ou
 
     Wraps ``model`` as ``ec.Canonicalized(model, canonicalizer, output)`` with the paper's
     canonicalizer, :class:`~equicanon.canonicalizers.GroupConv` (``hidden``, ``layers``,
-    ``kernel_size``; it sees the centre ``crop`` of the image shrunk to at most ``resize`` pixels;
-    straight-through gradients), placed on ``model``'s device; then, if ``data`` is given, trains
+    ``kernel_size``, ``pool``; it sees the centre ``crop`` of the image shrunk to at most ``resize``
+    pixels; straight-through gradients), placed on ``model``'s device. With the defaults it costs 7% of
+    a ResNet-50's multiply-adds at 224 pixels for C(8), 2% for C(4) (counted with
+    ``torch.utils.flop_counter``; without ``pool`` 27%). Then, if ``data`` is given, it trains
     it for ``steps`` with the canonicalization prior (:func:`train_canonicalizer`): alone on
     upright unlabelled images (``model`` is not changed), or with ``finetune`` jointly with
     fine-tuning ``model`` on labelled ones (``model``'s weights change in place; pass
@@ -225,7 +227,7 @@ def adapt_pretrained(model: nn.Module, group: Group, *, in_channels: int = 3, ou
         raise ConfigError(f"group must be an equicanon group such as ec.C(8), got {group!r}")
     if canonicalizer is None:
         canonicalizer = GroupConv(group, in_channels, hidden=hidden, layers=layers, kernel_size=kernel_size,
-                                  crop=crop, resize=resize)
+                                  crop=crop, resize=resize, pool=pool)
     elif not isinstance(canonicalizer, Canonicalizer):
         raise ConfigError(f"canonicalizer must be an equicanon Canonicalizer, got {type(canonicalizer).__name__}")
     elif canonicalizer.group != group:
