@@ -1,5 +1,6 @@
 """Training never loses work: ``equicanon fit`` killed with SIGKILL mid-epoch resumes from its last
-checkpoint and finishes; checkpoints are written atomically."""
+checkpoint and finishes with the same weights as a run that was never interrupted (deterministic mode,
+same seed); checkpoints are written atomically."""
 
 from __future__ import annotations
 
@@ -48,16 +49,15 @@ def _step(path: Path) -> int:
     raise AssertionError(f"cannot read {path}")
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_fit_killed_mid_epoch_resumes_from_last_checkpoint_and_finishes(tmp_path: Path) -> None:
-    data, root = tmp_path / "data", tmp_path / "run"
-    data.mkdir()
-    _fake_split(data, "train", 72)
-    _fake_split(data, "t10k", 8)
-    total = 40
-    slow = ["--trainer.callbacks+=tests._slow_callback.SlowDown", "--trainer.callbacks.seconds=0.15"]
-    proc = subprocess.Popen(_fit_command(data, root, total, *slow), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+# float32: with precision=64-true Lightning loads a checkpoint's float64 weights into the still-float32
+# model before converting it, which rounds them (a Lightning limitation, see docs/reliability.md)
+DETERMINISTIC = ["--trainer.deterministic=true", "--data.fresh_rotations=true", "--model.transform_train=true",
+                 "--trainer.callbacks.every_n_train_steps=3"]
+
+
+def _kill_mid_epoch(command: list[str], root: Path) -> int:
+    """Start ``command``, SIGKILL it once ``last.ckpt`` holds a step in the middle of an epoch; that step."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = None
     try:
         deadline = time.monotonic() + 120
@@ -75,18 +75,57 @@ def test_fit_killed_mid_epoch_resumes_from_last_checkpoint_and_finishes(tmp_path
             proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _step(last)
-    assert 0 < killed_at < total and killed_at % STEPS_PER_EPOCH != 0
-    assert not list(root.rglob("*.tmp")), "a temporary checkpoint file was left behind"
+    return _step(last)
 
-    resumed = subprocess.run(_fit_command(data, root, total, "--ckpt_path", "last"), cwd=ROOT, env=_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    log = resumed.stdout + resumed.stderr
-    assert "Restored all states from the checkpoint" in log, log[-3000:]
+
+def _fit_in_process(args: list[str]) -> None:
+    """``equicanon fit`` in this process (no interpreter start-up), leaving torch's global flags as they were."""
+    from equicanon.cli import main
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        assert main(args) == 0
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _final_state(root: Path) -> dict[str, object]:
     final = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    state = torch.load(final, map_location="cpu", weights_only=False)
-    assert state["global_step"] == total
+    return torch.load(final, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fit_killed_mid_epoch_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+    """SIGKILL mid-epoch, ``--ckpt_path last``: the run finishes, and in deterministic mode (with fresh
+    per-step rotations and transform_train, whose random streams must survive the restart) its final
+    weights and optimizer state equal those of the same run never interrupted, to 1e-12."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_split(data, "train", 72)
+    _fake_split(data, "t10k", 8)
+    total = 20
+    killed_root, plain_root = tmp_path / "killed", tmp_path / "plain"
+    slow = ["--trainer.callbacks+=tests._slow_callback.SlowDown", "--trainer.callbacks.seconds=0.1"]
+    killed_at = _kill_mid_epoch(_fit_command(data, killed_root, total, *DETERMINISTIC, *slow), killed_root)
+    assert 0 < killed_at < total and killed_at % STEPS_PER_EPOCH != 0
+    assert not list(killed_root.rglob("*.tmp")), "a temporary checkpoint file was left behind"
+
+    resumed = subprocess.run(_fit_command(data, killed_root, total, *DETERMINISTIC, "--ckpt_path", "last"), cwd=ROOT,
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    _fit_in_process(_fit_command(data, plain_root, total, *DETERMINISTIC)[3:])  # the same run, never interrupted
+
+    a, b = _final_state(killed_root), _final_state(plain_root)
+    assert a["global_step"] == b["global_step"] == total
+    weights_a, weights_b = a["state_dict"], b["state_dict"]
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], atol=1e-12, rtol=1e-12, msg=key)
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(),
+                      strict=True):
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], atol=1e-12, rtol=1e-12)
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> None:

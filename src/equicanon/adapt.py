@@ -6,8 +6,18 @@ import torch
 from torch import nn
 
 from .actions import Action, Image, Trivial
-from .canonicalizers.base import Canonicalization, Canonicalizer
-from .errors import ConfigError, GroupMismatchError, check_positive_int
+from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_typed_errors
+from .canonicalizers.functional import explained
+from .errors import (
+    ConfigError,
+    GroupMismatchError,
+    InputValueError,
+    ShapeError,
+    check_floating,
+    check_positive_int,
+    check_shape,
+    format_shape,
+)
 from .groups import FiniteGroup, Group
 
 __all__ = ["Canonicalized", "GroupAveraged", "FrameAveraged", "pca_frames"]
@@ -98,6 +108,9 @@ class GroupAveraged(nn.Module):
         _check_actions(f"GroupAveraged({group})", group, input=self.input, output=self.output)
         self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # a DeviceError / DTypeError for x unlike the parameters
+        return call_with_typed_errors(self, super().__call__, x)  # type: ignore[no-any-return]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average of the predictor over all transformed copies of ``x: (B, *)``."""
         group, b, n = self.group, x.shape[0], self.group.order
@@ -107,7 +120,7 @@ class GroupAveraged(nn.Module):
             # only this chunk's copies exist at a time: g_k^-1 x for k in the chunk, element-major
             k = torch.arange(start, min(start + step, n), device=x.device)
             repeated = x.repeat(len(k), *([1] * (x.ndim - 1)))
-            batch = self.input(group.inverse(k).repeat_interleave(b), repeated)
+            batch = explained(self.input, group, group.inverse(k).repeat_interleave(b), repeated, x)
             pred = self.predictor(batch)
             mapped = self.output(k.repeat_interleave(b), pred)
             part = mapped.reshape(len(k), b, *mapped.shape[1:]).sum(0)
@@ -129,14 +142,15 @@ def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
 
     centred = points - points.mean(dim=1, keepdim=True)
     cov = centred.transpose(1, 2) @ centred
-    _, vecs = torch.linalg.eigh(cov)  # (B, 3, 3), columns sorted by eigenvalue
+    work = cov if cov.dtype in (torch.float32, torch.float64) else cov.float()  # eigh has no float16/bfloat16
+    vecs = torch.linalg.eigh(work)[1]  # (B, 3, 3), columns sorted by eigenvalue
     signs = torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)],
-                         dtype=points.dtype, device=points.device)  # (8, 3)
+                         dtype=work.dtype, device=points.device)  # (8, 3)
     frames = vecs[:, None] * signs[None, :, None, :]  # (B, 8, 3, 3)
-    if isinstance(group, (O3, E3)):
-        return frames
-    keep = torch.linalg.det(frames) > 0  # exactly 4 of the 8 per sample
-    return frames[keep].reshape(points.shape[0], 4, 3, 3)
+    if not isinstance(group, (O3, E3)):
+        keep = torch.linalg.det(frames) > 0  # exactly 4 of the 8 per sample
+        frames = frames[keep].reshape(points.shape[0], 4, 3, 3)
+    return frames.to(points.dtype)
 
 
 class FrameAveraged(nn.Module):
@@ -169,13 +183,24 @@ class FrameAveraged(nn.Module):
         self.output = Trivial() if output is None else output
         _check_actions(f"FrameAveraged({group})", group, input=self.input, output=self.output)
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # a DeviceError / DTypeError for x unlike the parameters
+        return call_with_typed_errors(self, super().__call__, x)  # type: ignore[no-any-return]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average of the predictor over the PCA frames of ``x: (B, N, 3 + …)``."""
         from .groups import RigidGroup
 
+        sizes = check_shape(x, "B N F", name="points")
+        if sizes["N"] < 1 or sizes["F"] < 3:
+            raise ShapeError(f"points: expected (B, N, 3 + k) with N >= 1 points, got shape {format_shape(x.shape)}")
+        check_floating(x, "points")
         b = x.shape[0]
         positions = x[..., :3]
-        frames = pca_frames(positions, self.group)  # (B, K, 3, 3)
+        try:
+            frames = pca_frames(positions, self.group)  # (B, K, 3, 3)
+        except torch.linalg.LinAlgError as e:  # eigh reports this itself (no extra host sync on the good path)
+            raise InputValueError(f"FrameAveraged: the covariance of the points could not be diagonalised ({e}); "
+                                  "the input holds NaN or Inf") from e
         k = frames.shape[1]
         rot = frames.reshape(b * k, 3, 3)
         if isinstance(self.group, RigidGroup):

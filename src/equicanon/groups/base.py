@@ -155,8 +155,9 @@ class FiniteGroup(Group):
             )
         if g.ndim < 1:
             raise ElementError(f"{name}: expected a batch of {self} element indices of shape (B,), got a 0-d tensor")
-        # The range check reads values, which synchronises with an accelerator: only on the CPU.
-        if g.device.type == "cpu" and g.numel() and (int(g.min()) < 0 or int(g.max()) >= self.order):
+        # The range check reads values, which synchronises with an accelerator: only on the CPU, and not
+        # while torch.export / torch.compile / jit.trace record a graph (a value there is data-dependent).
+        if reads_values(g) and (int(g.min()) < 0 or int(g.max()) >= self.order):
             raise ElementError(
                 f"{name}: expected indices in 0..{self.order - 1} for {self}, got values from {int(g.min())} to {int(g.max())}"
             )
@@ -210,6 +211,13 @@ class MatrixGroup(Group):
     def describe(self, g: torch.Tensor) -> str:
         rows = ["[" + ", ".join(f"{v:+.3f}" for v in row) + "]" for row in g[0].tolist()]
         return f"{self} matrix [{', '.join(rows)}]"
+
+
+def reads_values(g: torch.Tensor) -> bool:
+    """Whether an element check may read ``g``'s values: a non-empty CPU tensor, outside graph capture
+    (``torch.export``, ``torch.compile``, ``torch.jit.trace``), where reading one would be data-dependent."""
+    capturing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return g.device.type == "cpu" and g.numel() > 0 and not capturing
 
 
 def draw(sampler: Callable[..., torch.Tensor], *size: object, generator: torch.Generator | None,

@@ -22,8 +22,14 @@ try:
 except ImportError as e:
     raise MissingDependencyError('equicanon.training needs lightning: pip install "equicanon[train]"') from e
 
-from .checkpoint import AtomicCheckpointIO, ResumeCheckpoint
-from .data import FashionMNISTDataModule, MNISTDataModule, RotatedImageDataModule, SplitDataModule
+from .checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ResumeCheckpoint,
+    load_checkpoint_file,
+)
+from .data import FashionMNISTDataModule, MNISTDataModule, ResumableDataLoader, RotatedImageDataModule, SplitDataModule
 from .image_models import CanonicalizedEfficientNet, ContrastiveCNN, EfficientNetClassifier
 from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
 from .module import TASKS, CanonicalizationModule
@@ -35,4 +41,5 @@ __all__ = ["CanonicalizationModule", "TASKS", "SplitDataModule", "RotatedImageDa
            "MNISTDataModule", "PointCloudDataModule", "SetDataModule", "CanonicalizedCNN", "CanonicalizedPointNet",
            "CanonicalizedSetMLP", "SetMLP", "ContrastiveCNN", "CanonicalizedEfficientNet", "EfficientNetClassifier",
            "canonicalized_cnn", "parse_group", "NBodyDataModule", "CanonicalizedNBody", "NBodyMLP",
-           "NBodyTransformer", "nbody_predictor", "AtomicCheckpointIO", "ResumeCheckpoint"]
+           "NBodyTransformer", "nbody_predictor", "AtomicCheckpointIO", "ResumeCheckpoint",
+           "ResumableDataLoader", "CorruptCheckpointError", "CheckpointNotFoundError", "load_checkpoint_file"]

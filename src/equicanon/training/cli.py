@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import EquicanonError
-from .checkpoint import AtomicCheckpointIO
+from .checkpoint import READ_ERRORS, AtomicCheckpointIO, read_error
 from .module import CanonicalizationModule
 
 __all__ = ["SUBCOMMANDS", "EquicanonCLI", "main", "build_cli"]
@@ -27,7 +27,20 @@ SUBCOMMANDS = ("fit", "validate", "test")
 
 class EquicanonCLI(LightningCLI):
     """Lightning's CLI with atomic checkpoints (:class:`~equicanon.training.checkpoint.AtomicCheckpointIO`)
-    unless the config sets a checkpoint plugin of its own."""
+    unless the config sets a checkpoint plugin of its own, and a clear
+    :class:`~equicanon.training.checkpoint.CorruptCheckpointError` for an unreadable ``--ckpt_path``."""
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters here, before the trainer exists: a truncated file
+        # would surface as torch's zip-reader error; name the file instead.
+        try:
+            super()._parse_ckpt_path()
+        except READ_ERRORS as e:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            error = read_error(path, e)
+            if error is e:
+                raise
+            raise error from e
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         trainer = super()._instantiate_trainer(config, callbacks)

@@ -10,6 +10,7 @@ kept in checkpoints so a resumed run continues the same stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,8 +24,8 @@ from ..errors import ConfigError, check_choice, check_positive_int
 from ..groups import SO2
 from .models import parse_group
 
-__all__ = ["SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule", "MNISTDataModule", "IMAGE_DATASETS",
-           "ROTATIONS"]
+__all__ = ["SplitDataModule", "ResumableDataLoader", "RotatedImageDataModule", "FashionMNISTDataModule", "MNISTDataModule",
+           "IMAGE_DATASETS", "ROTATIONS"]
 
 SPLITS = ("train", "val", "test")
 ROTATIONS = ("none", "random", "C<n>", "D<n>")
@@ -90,8 +91,14 @@ class SplitDataModule(pl.LightningDataModule):
         # The same sampler for 1 and for n processes: the global batch of step k (the union over ranks) is
         # the same examples whatever the world size, so DDP with batch_size b/n reproduces one process with b.
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        sampler = _SkippingSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return ResumableDataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                                   progress=self._batches_done)
+
+    def _batches_done(self) -> int:
+        """Training batches the trainer has processed in the current epoch (0 without a trainer)."""
+        trainer = self.trainer
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -132,6 +139,51 @@ class SplitDataModule(pl.LightningDataModule):
         if "augment_generator" in state_dict:
             self._augment_generator = torch.Generator()
             self._augment_generator.set_state(state_dict["augment_generator"])
+
+
+class _SkippingSampler(DistributedSampler):
+    """``DistributedSampler`` whose next iteration can leave out the first ``skip`` indices of the epoch."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader: resumable mid-epoch, so a killed run continues exactly where it stopped.
+
+    Lightning stores the loader's :meth:`state_dict` in checkpoints (it has the ``state_dict`` /
+    ``load_state_dict`` interface): the number of batches of the current epoch already processed.
+    After :meth:`load_state_dict`, the next epoch iteration (the same sampler epoch, so the same order)
+    leaves those batches out. Without this, a run resumed mid-epoch would see the epoch's first batches
+    again, and end with other weights than an uninterrupted run.
+
+    Args:
+        progress: returns the batches processed in the current epoch (the trainer's count).
+        *args, **kwargs: as :class:`~torch.utils.data.DataLoader`; the sampler must be a ``_SkippingSampler``.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+        self._resume_batches = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"batches": n}``: batches of the current epoch processed so far."""
+        return {"batches": self._progress()}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Leave out the first ``state_dict["batches"]`` batches of the next epoch iteration."""
+        self._resume_batches = int(state_dict.get("batches", 0))
+
+    def __iter__(self) -> Any:
+        batches, self._resume_batches = self._resume_batches, 0
+        if 0 < batches < len(self) and isinstance(self.sampler, _SkippingSampler):  # == len: the epoch had ended
+            self.sampler.skip = batches * int(self.batch_size or 1)
+        return super().__iter__()
 
 
 def _image_loader(name: str) -> Any:

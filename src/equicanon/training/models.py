@@ -7,46 +7,28 @@
 
 from __future__ import annotations
 
-import re
-
 from ..adapt import Canonicalized
 from ..canonicalizers import GroupConv
 from ..demo import small_cnn
-from ..errors import ConfigError
-from ..groups import O2, SO2, C, D, Group
+from ..groups import Group
+from ..groups.names import PLANAR
+from ..groups.names import parse_group as _parse_group
 
 __all__ = ["GROUP_NAMES", "parse_group", "CanonicalizedCNN", "canonicalized_cnn", "small_cnn"]
 
-GROUP_NAMES = ("C<n>", "D<n>", "SO2", "O2")
-_KNOWN = ("C2", "C4", "C8", "C16", "D2", "D4", "D8", "D16", "SO2", "O2")
+GROUP_NAMES = PLANAR
 
 
 def parse_group(name: str) -> Group:
     """The planar group named by ``name``: ``"C4"`` → ``C(4)``, ``"D8"`` → ``D(8)``, ``"SO2"``, ``"O2"``.
 
-    Also accepts the printed forms ``"C(4)"``, ``"SO2()"``; case-insensitive.
+    Also accepts the printed forms ``"C(4)"``, ``"SO2()"``; case-insensitive. The same parser as
+    :func:`equicanon.groups.names.parse_group`, limited to planar groups.
 
     Raises:
-        ConfigError: ``name`` names no such group; the message lists close matches.
+        ConfigError: ``name`` names no planar group; the message suggests the closest name.
     """
-    if not isinstance(name, str):
-        raise ConfigError(f"group must be a string such as 'C4', 'D4', 'SO2' or 'O2', got {type(name).__name__} {name!r}")
-    text = name.strip().upper().replace(" ", "")
-    match = re.fullmatch(r"([CD])\(?([0-9]+)\)?", text)
-    if match:
-        n = int(match.group(2))
-        if n < 1:
-            raise ConfigError(f"group {name!r}: the order must be >= 1")
-        return C(n) if match.group(1) == "C" else D(n)
-    if text in ("SO2", "SO2()", "SO(2)"):
-        return SO2()
-    if text in ("O2", "O2()", "O(2)"):
-        return O2()
-    import difflib
-
-    close = difflib.get_close_matches(text, _KNOWN, n=3, cutoff=0.4)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"unknown group {name!r}: expected one of {', '.join(GROUP_NAMES)} (e.g. 'C4', 'D8'){hint}")
+    return _parse_group(name, PLANAR)
 
 
 class CanonicalizedCNN(Canonicalized):

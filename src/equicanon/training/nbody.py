@@ -24,31 +24,29 @@ from ..actions import Points
 from ..adapt import Canonicalized
 from ..canonicalizers import ParticleVectorNeurons
 from ..data.nbody import make_nbody
-from ..errors import ConfigError, check_choice, check_number, check_positive_int, check_shape, suggest
-from ..groups import E3, SE3, RigidGroup
+from ..errors import ConfigError, check_choice, check_number, check_positive_int, check_shape
+from ..groups import RigidGroup
+from ..groups.names import RIGID, parse_group
 from .data import SplitDataModule
 
 __all__ = ["NBodyDataModule", "CanonicalizedNBody", "NBodyMLP", "NBodyTransformer", "nbody_predictor",
            "parse_rigid_group", "RIGID_GROUPS", "PREDICTORS"]
 
-RIGID_GROUPS = ("SE3", "E3")
+RIGID_GROUPS = RIGID
 PREDICTORS = ("mlp", "transformer")
 
 
 def parse_rigid_group(name: str) -> RigidGroup:
     """``"SE3"`` → ``SE3()``, ``"E3"`` → ``E3()`` (also ``"SE(3)"``, ``"E3()"``; case-insensitive).
 
+    :func:`equicanon.groups.names.parse_group` limited to :data:`RIGID_GROUPS`.
+
     Raises:
-        ConfigError: any other name.
+        ConfigError: any other name, with a did-you-mean hint.
     """
-    text = name.strip().upper().replace(" ", "").replace("(", "").replace(")", "") if isinstance(name, str) else ""
-    if text == "SE3":
-        return SE3()
-    if text == "E3":
-        return E3()
-    hint = suggest(text, RIGID_GROUPS) if text else ""
-    raise ConfigError(f"group: expected one of {', '.join(repr(g) for g in RIGID_GROUPS)} (rigid motions of 3-D "
-                      f"space), got {name!r}{hint}")
+    group = parse_group(name, RIGID_GROUPS)
+    assert isinstance(group, RigidGroup)
+    return group
 
 
 class NBodyMLP(nn.Module):

@@ -26,12 +26,13 @@ from ..canonicalizers import VectorNeurons
 from ..canonicalizers.backbones import PointMLP
 from ..data.pointclouds import POINTCLOUD_ROTATIONS, check_classes, make_pointclouds, rotate_clouds
 from ..errors import check_choice, check_number, check_positive_int
-from ..groups import O3, SO3, Group
+from ..groups import Group
+from ..groups.names import SPATIAL, parse_group
 from .data import SplitDataModule
 
 __all__ = ["PointCloudDataModule", "CanonicalizedPointNet", "parse_spatial_group", "SPATIAL_GROUP_NAMES"]
 
-SPATIAL_GROUP_NAMES = ("SO3", "O3")
+SPATIAL_GROUP_NAMES = SPATIAL
 
 
 class PointCloudDataModule(SplitDataModule):
@@ -92,15 +93,12 @@ class PointCloudDataModule(SplitDataModule):
 def parse_spatial_group(name: str) -> Group:
     """``"SO3"`` → ``SO3()``, ``"O3"`` → ``O3()`` (also ``"SO(3)"``, ``"o3()"``; case-insensitive).
 
+    :func:`equicanon.groups.names.parse_group` limited to :data:`SPATIAL_GROUP_NAMES`.
+
     Raises:
-        ConfigError: any other name.
+        ConfigError: any other name, with a did-you-mean hint.
     """
-    text = name.strip().upper().replace(" ", "").replace("(", "").replace(")", "") if isinstance(name, str) else name
-    group = {"SO3": SO3(), "O3": O3()}.get(text) if isinstance(text, str) else None
-    if group is None:
-        check_choice(text, SPATIAL_GROUP_NAMES, "group")  # raises, with a did-you-mean hint
-    assert group is not None
-    return group
+    return parse_group(name, SPATIAL_GROUP_NAMES)
 
 
 class CanonicalizedPointNet(Canonicalized):
