@@ -172,20 +172,19 @@ def run(cfg: dict[str, Any], out: Path | None, say: Callable[[str], None] = prin
 
 @torch.inference_mode()
 def plot(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, group: ec.groups.FiniteGroup, path: Path) -> None:
-    """One test item at every angle of ``group``; its canonical forms without and with the prior."""
+    """The first ``|G|`` test items, item ``k`` turned by element ``k``; their canonical forms without and with the prior."""
     from equicanon.plots import plot_rows
 
     k = torch.arange(group.order)
-    item = torch.nonzero(y == 9)[0].item() if bool((y == 9).any()) else 0  # an ankle boot: clearly oriented
-    inputs = ec.actions.Image(group)(k, x[item:item + 1].expand(group.order, -1, -1, -1))
+    inputs = ec.actions.Image(group)(k, x[: group.order])
     rows = {"input": inputs}
     for name in ("canonicalized", "prior"):
         model = models[name]
         assert isinstance(model, ec.Canonicalized)
         rows[f"canonical:\n{'prior' if name == 'prior' else 'no prior'}"] = model.canonicalizer(inputs).canonical
     angle = 360 // group.order
-    plot_rows(rows, path, titles=[f"{int(i) * angle}°" for i in k],
-              title=f"A rotated {FASHION_MNIST_CLASSES[int(y[item])].lower()} and its canonical forms")
+    titles = [f"{FASHION_MNIST_CLASSES[int(y[i])]}, {int(i) * angle}°" for i in k]
+    plot_rows(rows, path, titles=titles, title="Turned test items and their canonical forms, without and with the prior")
 
 
 def main(argv: list[str] | None = None) -> None:
