@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 import equicanon as ec
@@ -44,20 +44,15 @@ from equicanon.nn import resnet_small
 from equicanon.training.models import parse_group
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _config import merge, read_settings  # noqa: E402
+
 CONFIG = ROOT / "configs" / "adaptation" / "fashion_mnist.yaml"
 QUICK = {"train_images": 512, "test_images": 64, "batch_size": 32,
          "predictor": {"pretrain_steps": 20}, "finetune": {"steps": 4}}
 NAMES = {"vanilla": "vanilla", "augmented": "rotation augmentation", "canonicalized": "canonicalized, no prior",
          "prior": "canonicalized + prior", "contrastive": "contrastive + prior",
          "prior_only": "prior only (predictor frozen)"}
-
-
-def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``new``, nested dictionaries merged key by key."""
-    out = dict(base)
-    for key, value in new.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def fit_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int, seed: int,
@@ -194,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (writes nothing)")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load(args.config.read_text())
+    cfg = read_settings(args.config)
     if args.data_dir is not None:
         cfg["data_dir"] = args.data_dir
     if args.quick:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 import equicanon as ec
@@ -41,6 +41,9 @@ from equicanon.errors import ConfigError, MissingDependencyError, check_choice, 
 from equicanon.groups import PlanarFiniteGroup
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _config import read_settings  # noqa: E402
+
 CONFIG = ROOT / "configs" / "adaptation" / "photos.yaml"
 EVAL_GROUP = ec.C(8)  # every model is scored at the eight 45-degree angles
 PLAIN = "unadapted"
@@ -51,25 +54,9 @@ _NORMALIZE = {"tf": ((127 / 255,) * 3, (128 / 255,) * 3),
 
 # --- configuration ------------------------------------------------------------------------------------------
 
-def _overlay(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``part``'s values put in (nested mappings recursively); unknown keys raise ConfigError."""
-    unknown = sorted(set(part) - set(base))
-    if unknown:
-        raise ConfigError(f"unknown settings {unknown}; known: {sorted(base)}")
-    return {key: (_overlay(value, part[key]) if isinstance(value, dict) and key in part
-                  else part.get(key, value)) for key, value in base.items()}
-
-
 def load_config(path: str | Path = CONFIG, *, quick: bool = False) -> dict[str, Any]:
     """The experiment's settings: ``path`` (YAML), with its ``quick`` section laid over them when ``quick``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    fast = raw.pop("quick", None) or {}
-    config = _overlay(raw, fast) if quick else raw
+    config = read_settings(path, quick=quick)
     check_choice(config["normalize"], tuple(_NORMALIZE), "normalize")
     check_positive_int(config["image_size"], "image_size")
     names = [m["name"] for m in config["models"]]

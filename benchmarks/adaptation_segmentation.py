@@ -53,6 +53,9 @@ from equicanon.errors import ConfigError, check_number, check_positive_int, chec
 from equicanon.groups import PlanarFiniteGroup
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _config import merge, read_settings  # noqa: E402
+
 CONFIG = ROOT / "configs" / "adaptation" / "segmentation.yaml"
 CLASSES = 11  # background + 10 Fashion-MNIST classes
 LABEL_NAMES = ("background", *FASHION_MNIST_CLASSES)
@@ -62,21 +65,6 @@ MODELS = {"unet": "(a) U-Net, upright training only",
 
 
 # --- configuration ------------------------------------------------------------------------------------------
-
-def merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``base`` with the values of ``update`` put in, recursively; keys unknown to ``base`` raise ConfigError."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if key not in out:
-            raise ConfigError(f"unknown setting {where}{key!r}; known: {', '.join(sorted(map(str, out)))}")
-        if isinstance(out[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"setting {where}{key} must be a mapping, got {value!r}")
-            out[key] = merge(out[key], value, f"{where}{key}.")
-        else:
-            out[key] = value
-    return out
-
 
 def parse_assignment(text: str) -> dict[str, Any]:
     """``"adapt.steps=300"`` as the nested mapping ``{"adapt": {"steps": 300}}`` (the value is read as YAML)."""
@@ -95,14 +83,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
 def load_config(path: str | Path = CONFIG, *, quick: bool = False, overrides: Sequence[dict[str, Any]] = ()
                 ) -> dict[str, Any]:
     """The experiment's settings: the YAML file, then its ``quick`` section (with ``quick``), then ``overrides``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    quick_part = raw.pop("quick", None) or {}
-    config = merge(raw, quick_part) if quick else raw
+    config = read_settings(path, quick=quick)
     for update in overrides:
         config = merge(config, update)
     check_config(config)

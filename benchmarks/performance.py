@@ -368,21 +368,17 @@ def plot(results: dict[str, object], path: Path) -> None:
     tables = results["tables"]
     assert isinstance(tables, dict)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    inf = tables.get("inference", [])
-    labels = [f"{r['predictor']}\n{r['input']}, b{r['batch']}" for r in inf]
-    axes[0].bar(labels, [100 * (r["ratio"] - 1) for r in inf], color="tab:blue")
-    axes[0].axhline(10, color="tab:red", ls="--", label="target +10%")
-    axes[0].set_ylabel("canonicalization overhead (%)")
-    axes[0].set_title("1. inference overhead")
-    axes[0].legend()
-    axes[0].tick_params(axis="x", labelsize=7)
-    ga = tables.get("group_averaged", [])
-    axes[1].bar([f"{r['predictor']}\n{r['input']}, b{r['batch']}" for r in ga], [r["ratio"] for r in ga], color="tab:green")
-    axes[1].axhline(6, color="tab:red", ls="--", label="target 6x")
-    axes[1].set_ylabel("GroupAveraged time / canonicalized time")
-    axes[1].set_title("2. |G| = 8 averaging vs canonicalization")
-    axes[1].legend()
-    axes[1].tick_params(axis="x", labelsize=7)
+    bars = ((tables.get("inference", []), lambda r: 100 * (r["ratio"] - 1), "tab:blue", 10, "target +10%",
+             "canonicalization overhead (%)", "1. inference overhead"),
+            (tables.get("group_averaged", []), lambda r: r["ratio"], "tab:green", 6, "target 6x",
+             "GroupAveraged time / canonicalized time", "2. |G| = 8 averaging vs canonicalization"))
+    for ax, (rows, value, color, target, target_label, ylabel, title) in zip(axes[:2], bars, strict=True):
+        ax.bar([f"{r['predictor']}\n{r['input']}, b{r['batch']}" for r in rows], [value(r) for r in rows], color=color)
+        ax.axhline(target, color="tab:red", ls="--", label=target_label)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+        ax.tick_params(axis="x", labelsize=7)
     pts = tables.get("points", [])
     ax = axes[2]
     ax.plot([r["points"] for r in pts], [r["points_per_s"] / 1e6 for r in pts], "o-", color="tab:purple")
