@@ -122,7 +122,7 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
     if not finetune and prior_weight == 0 and contrastive_weight == 0:
         raise ConfigError("prior_weight and contrastive_weight are 0 and finetune is off: nothing to train")
     canon, predictor = model.canonicalizer, model.predictor
-    if contrastive_weight > 0 and type(canon).contrastive_loss is Canonicalizer.contrastive_loss:
+    if contrastive_weight > 0 and not canon.has_contrastive_loss:
         raise ConfigError(f"contrastive_weight > 0, but {type(canon).__name__} has no contrastive loss")
     group, action = canon.group, canon.action
     task_loss = F.cross_entropy if loss is None else loss
@@ -162,12 +162,9 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
                 terms["task"] = task_loss(out, y.to(device))
             else:
                 res = canon(x)
-            if prior_weight > 0:
-                terms["prior"] = canon.prior_loss(res, target)
-            if contrastive_weight > 0:
-                terms["contrastive"] = canon.contrastive_loss(res)
-            weights = {"prior": prior_weight, "contrastive": contrastive_weight}
-            total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+            total, regularizers = canon.add_regularizers(terms.get("task", 0.0), res, prior_weight=prior_weight,
+                                                         contrastive_weight=contrastive_weight, target=target)
+            terms.update(regularizers)
             assert isinstance(total, torch.Tensor)
             if not torch.isfinite(total):
                 raise InputValueError(f"step {step}: the loss is {float(total.detach())}, not finite; check the data for "

@@ -81,6 +81,28 @@ class Canonicalizer(nn.Module, abc.ABC):
         """0-dim contrastive loss of optimisation-based canonicalizers; others have none."""
         raise ConfigError(f"{type(self).__name__} has no contrastive loss; use canonicalizers.Contrastive")
 
+    @property
+    def has_contrastive_loss(self) -> bool:
+        """Whether this canonicalizer defines :meth:`contrastive_loss` (e.g. :class:`~equicanon.canonicalizers.Contrastive`)."""
+        return type(self).contrastive_loss is not Canonicalizer.contrastive_loss
+
+    def add_regularizers(self, loss: torch.Tensor | float, result: Canonicalization, *, prior_weight: float = 0.0,
+                         contrastive_weight: float = 0.0, target: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """``loss + prior_weight · prior_loss(result, target) + contrastive_weight · contrastive_loss(result)``.
+
+        Terms whose weight is 0 are not computed. Returns the sum and the unweighted terms
+        (``{"prior": ..., "contrastive": ...}``, those computed), e.g. for logging.
+        """
+        terms: dict[str, torch.Tensor] = {}
+        if prior_weight > 0:
+            terms["prior"] = self.prior_loss(result, target)
+            loss = loss + prior_weight * terms["prior"]
+        if contrastive_weight > 0:
+            terms["contrastive"] = self.contrastive_loss(result)
+            loss = loss + contrastive_weight * terms["contrastive"]
+        return loss, terms
+
     def check_action(self, action: Action, what: str = "the output action") -> None:
         """Raise :class:`GroupMismatchError` if ``action`` acts with a group other than ``self.group``."""
         if action.group is not None and action.group != self.group:

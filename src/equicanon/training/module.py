@@ -103,7 +103,7 @@ class CanonicalizationModule(pl.LightningModule):
                 raise ConfigError(f"prior_weight and contrastive_weight need a canonicalizer; {plain}")
             if self.freeze_canonicalizer or canonicalizer_lr is not None:
                 raise ConfigError(f"freeze_canonicalizer and canonicalizer_lr need a canonicalizer; {plain}")
-        elif self.contrastive_weight > 0 and type(canon).contrastive_loss is Canonicalizer.contrastive_loss:
+        elif self.contrastive_weight > 0 and not canon.has_contrastive_loss:
             raise ConfigError(f"contrastive_weight > 0, but {type(canon).__name__} has no contrastive loss; "
                               "use canonicalizers.Contrastive or set contrastive_weight=0")
         if self.freeze_predictor and (canon is None or self.freeze_canonicalizer):
@@ -217,12 +217,9 @@ class CanonicalizationModule(pl.LightningModule):
         loss = terms["task"]
         canon = self.canonicalizer
         if canon is not None and res is not None:
-            if self.prior_weight > 0:
-                terms["prior"] = canon.prior_loss(res, target)
-                loss = loss + self.prior_weight * terms["prior"]
-            if self.contrastive_weight > 0:
-                terms["contrastive"] = canon.contrastive_loss(res)
-                loss = loss + self.contrastive_weight * terms["contrastive"]
+            loss, regularizers = canon.add_regularizers(loss, res, prior_weight=self.prior_weight,
+                                                        contrastive_weight=self.contrastive_weight, target=target)
+            terms.update(regularizers)
         terms["loss"] = loss
         return terms
 
