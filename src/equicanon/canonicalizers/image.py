@@ -13,7 +13,7 @@ from ..nn import EquivariantAvgPool2d, GroupBatchNorm, GroupConv2d, LiftingConv2
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import discrete_canonicalize, gram_schmidt, identity_cross_entropy, matrix_prior, regular_to_matrix
 
-__all__ = ["GroupConv", "center_crop_resize"]
+__all__ = ["GroupConv", "center_crop_resize", "resize_square"]
 
 
 def center_crop_resize(x: torch.Tensor, crop: float | None, resize: int | None) -> torch.Tensor:
@@ -30,9 +30,16 @@ def center_crop_resize(x: torch.Tensor, crop: float | None, resize: int | None) 
         mh, mw = round(h * (1 - crop) / 2), round(w * (1 - crop) / 2)
         x = x[..., mh:h - mh, mw:w - mw]
     if resize is not None and max(x.shape[-2:]) > resize:
-        x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False,
-                          antialias=resize < min(x.shape[-2:]))
+        x = resize_square(x, resize)
     return x
+
+
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` resized to ``(B, C, size, size)``: bilinear, ``align_corners=False``
+    (grid centre to grid centre), antialiased when shrinking; unchanged if already that size."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < min(x.shape[-2:]))
 
 
 def _network_group(group: Group, rotations: int) -> PlanarFiniteGroup:

@@ -18,12 +18,12 @@ Every argument is a plain ``str``/``int``/``float``/``bool``, so ``class_path``/
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..adapt import Canonicalized
 from ..canonicalizers import Contrastive, GroupConv
 from ..canonicalizers.backbones import SmallCNN, efficientnet_lite0
+from ..canonicalizers.image import resize_square
 from ..errors import ConfigError, check_floating, check_positive_int, check_shape
 from .models import parse_group, small_cnn
 
@@ -114,10 +114,7 @@ class EfficientNetClassifier(nn.Module):
         """Images ``x: (B, in_channels, H, W)`` in ``[0, 1]`` to logits ``(B, classes)``."""
         check_shape(x, "B C H W", C=self.in_channels)
         check_floating(x)
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=self.input_size < min(x.shape[-2:]))
-        return self.head(self.dropout(self.trunk(x)))
+        return self.head(self.dropout(self.trunk(resize_square(x, self.input_size))))
 
 
 class CanonicalizedEfficientNet(Canonicalized):
