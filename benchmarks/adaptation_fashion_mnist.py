@@ -41,6 +41,7 @@ from equicanon.canonicalizers.backbones import SmallCNN
 from equicanon.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from equicanon.metrics import identity_rate
 from equicanon.nn import resnet_small
+from equicanon.plots import metric_by_angle
 from equicanon.training.models import parse_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,17 +78,10 @@ def fit_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, group: ec.groups.FiniteGroup,
              batch: int = 500) -> dict[str, Any]:
-    """Accuracy at each element of ``group`` (``g·x`` for all test images), and the identity rate on upright ``x``."""
-    model.eval()
-    action = ec.actions.Image(group)
-    per_element = []
-    for k in range(group.order):
-        hits = 0
-        for s in range(0, len(x), batch):
-            xb = x[s:s + batch]
-            moved = action(torch.full((len(xb),), k), xb) if k else xb
-            hits += int((model(moved).argmax(1) == y[s:s + batch]).sum())
-        per_element.append(hits / len(x))
+    """Accuracy at each element of ``group`` (``g·x`` for all test images; the turns of
+    :func:`equicanon.plots.metric_by_angle` are the group's elements), and the identity rate on upright ``x``."""
+    _, scores = metric_by_angle(model, x, y, ec.actions.Image(group), angles=group.order, batch=batch)
+    per_element = scores.tolist()
     out: dict[str, Any] = {"upright": per_element[0], "averaged": sum(per_element) / len(per_element),
                            "per_element": per_element,
                            "quarter_turns": sum(per_element[::group.order // 4]) / 4 if group.order % 4 == 0 else None}
