@@ -1,4 +1,7 @@
-"""Group values and their element algebra: axioms, matrices, sampling, value semantics."""
+"""Group values and their element algebra: axioms, matrices, sampling, value semantics, capabilities, names.
+
+The axiom tests run over ``groups.examples()``: a newly registered family is tested by them without edits here.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import equicanon as ec
-from equicanon.errors import ConfigError
+from equicanon import groups
+from equicanon.errors import ConfigError, GroupMismatchError
 from equicanon.groups import FiniteGroup, Group, MatrixGroup
 
 NS = (1, 2, 3, 4, 5, 8)
-PLANAR_FINITE = [ec.C(n) for n in NS] + [ec.D(n) for n in NS]
-MATRIX = [ec.SO2(), ec.O2(), ec.SO3(), ec.O3()]
-PERMUTATION = [ec.S(n) for n in range(1, 7)]
-RIGID = [ec.SE3(), ec.E3()]  # homogeneous (B, 4, 4) elements; matrix() is the orthogonal part
-ALL_GROUPS = PLANAR_FINITE + MATRIX + PERMUTATION + RIGID
-INDEXED = PLANAR_FINITE + PERMUTATION  # groups whose elements are integers: laws hold exactly
-ROTATIONS_ONLY = [ec.C(n) for n in NS] + [ec.SO2(), ec.SO3(), ec.SE3()]
+ALL_GROUPS = list(groups.examples())
+INDEXED = [G for G in ALL_GROUPS if G.is_finite]  # elements are integers (indices, permutations): laws hold exactly
+RIGID = [G for G in ALL_GROUPS if G.has_translations]  # homogeneous (B, 4, 4) elements; matrix() the orthogonal part
+CONTINUOUS_LINEAR = [G for G in ALL_GROUPS if not G.is_finite and not G.has_translations]  # SO2, O2, SO3, O3
+ROTATIONS_ONLY = [G for G in ALL_GROUPS if not G.has_reflections and G.kind != "permutation"]  # det = +1
 
 seeds = st.integers(min_value=0, max_value=2**63 - 1)
 batches = st.integers(min_value=1, max_value=6)
@@ -46,8 +48,13 @@ def identity(G: Group, batch: int) -> torch.Tensor:
     return G.identity(batch, dtype=torch.float64)
 
 
+def matrix_size(G: Group) -> int:
+    return int(G.matrix(G.identity(1, dtype=torch.float64)).shape[-1])
+
+
 def eye(G: Group, batch: int) -> torch.Tensor:
-    return torch.eye(G.dim, dtype=torch.float64).expand(batch, G.dim, G.dim)
+    d = matrix_size(G)
+    return torch.eye(d, dtype=torch.float64).expand(batch, d, d)
 
 
 # ---------------------------------------------------------------- group axioms
@@ -91,7 +98,7 @@ def test_one_element_broadcasts_in_compose(G: Group, seed: int, batch: int) -> N
     assert torch.equal(G.compose(b, one), G.compose(b, G.expand(one, batch)))
 
 
-@pytest.mark.parametrize("G", PLANAR_FINITE, ids=repr)
+@pytest.mark.parametrize("G", [G for G in ALL_GROUPS if G.is_indexed], ids=repr)
 def test_cayley_table_is_a_latin_square(G: FiniteGroup) -> None:
     table = G.cayley_table()
     e = G.elements()
@@ -130,9 +137,11 @@ def test_matrix_of_identity_is_exactly_eye(G: Group) -> None:
     assert torch.equal(G.matrix(identity(G, 3), dtype=torch.float64), eye(G, 3))
 
 
-@pytest.mark.parametrize("G", [ec.C(1), ec.C(2), ec.C(4), ec.D(1), ec.D(2), ec.D(4), *PERMUTATION], ids=repr)
+@pytest.mark.parametrize("G", [G for G in ALL_GROUPS if G.all_quarter_turns or (G.is_finite and G.kind != "planar")],
+                         ids=repr)
 def test_pixel_grid_groups_have_exact_integer_matrices(G: Group) -> None:
-    """Quarter turns, flips and permutations: entries are exactly 0 or ±1 and inverse is exactly transpose."""
+    """Quarter turns, flips, the cube's rotations and permutations: entries are exactly 0 or ±1 and inverse is
+    exactly transpose."""
     e = G.elements()
     m = G.matrix(e, dtype=torch.float64)
     assert torch.equal(m, m.round())
@@ -213,14 +222,14 @@ def test_testing_elements_are_valid_varied_and_include_identity(G: Group) -> Non
     m = G.matrix(t, dtype=torch.float64)
     torch.testing.assert_close(m.transpose(1, 2) @ m, eye(G, len(t)), atol=1e-12, rtol=0)
     assert torch.equal(G.take(t, 0), identity(G, 1))
-    order = G.order if isinstance(G, (FiniteGroup, ec.S)) else math.inf
+    order = G.order if G.is_finite else math.inf  # type: ignore[attr-defined]
     distinct = torch.unique(t.flatten(1) if t.ndim > 1 else t, dim=0).shape[0]
     assert distinct >= min(order, 4)
-    if not isinstance(G, ec.S):  # S(n) adds two random permutations, which may repeat a fixed one
+    if G.kind != "permutation":  # S(n) adds two random permutations, which may repeat a fixed one
         assert distinct == len(t)
 
 
-@pytest.mark.parametrize("G", [ec.O2(), ec.O3(), *[ec.D(n) for n in NS]], ids=repr)
+@pytest.mark.parametrize("G", [G for G in ALL_GROUPS if G.has_reflections], ids=repr)
 def test_testing_elements_of_groups_with_reflections_include_reflections(G: Group) -> None:
     det = torch.linalg.det(G.matrix(G.testing_elements(dtype=torch.float64), dtype=torch.float64))
     assert (det < 0).any() and (det > 0).any()
@@ -258,7 +267,7 @@ def test_sample_is_determined_by_the_generator(G: Group) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sample_returns_valid_elements_in_the_requested_dtype(G: Group, dtype: torch.dtype) -> None:
     g = G.sample(32, generator=torch.Generator().manual_seed(0), dtype=dtype)
-    assert g.dtype == (dtype if isinstance(G, MatrixGroup) else torch.int64)
+    assert g.dtype == (torch.int64 if G.is_finite else dtype)
     assert torch.equal(G.check(g), g)
     m = G.matrix(g, dtype=torch.float64)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -286,7 +295,7 @@ def test_sample_on_cuda_matches_cpu_generator_draws(G: Group) -> None:
     assert_same_elements(G, G.compose(a, G.inverse(a)).cpu(), identity(G, 5))
 
 
-@pytest.mark.parametrize("G", [*PLANAR_FINITE, ec.S(3)], ids=repr)
+@pytest.mark.parametrize("G", [G for G in ALL_GROUPS if G.is_indexed] + [ec.S(3)], ids=repr)
 def test_finite_sample_is_uniform(G: Group) -> None:
     g = G.sample(6000, generator=torch.Generator().manual_seed(0))
     _, counts = torch.unique(g, dim=0, return_counts=True)
@@ -296,7 +305,7 @@ def test_finite_sample_is_uniform(G: Group) -> None:
     assert (counts - expected).abs().max() < 5 * math.sqrt(expected)
 
 
-@pytest.mark.parametrize("G", MATRIX, ids=repr)
+@pytest.mark.parametrize("G", CONTINUOUS_LINEAR, ids=repr)
 def test_continuous_sample_is_haar_distributed(G: MatrixGroup) -> None:
     """The Haar mean of the matrices is 0; O(d) draws rotations and reflections equally often."""
     m = G.sample(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -333,12 +342,17 @@ def test_groups_are_frozen(G: Group) -> None:
 @pytest.mark.parametrize(
     ("G", "text"),
     [(ec.C(8), "C(8)"), (ec.D(4), "D(4)"), (ec.SO2(), "SO2()"), (ec.O2(), "O2()"), (ec.SO3(), "SO3()"),
-     (ec.O3(), "O3()"), (ec.S(5), "S(5)")],
+     (ec.O3(), "O3()"), (ec.S(5), "S(5)"), (ec.SE3(), "SE3()"), (ec.E3(), "E3()"), (ec.Octahedral(), "Octahedral()")],
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_repr_is_the_constructor_call(G: Group, text: str) -> None:
     assert repr(G) == text == str(G)
-    assert eval(text, {k: getattr(ec, k) for k in ("C", "D", "SO2", "O2", "SO3", "O3", "S")}) == G
+    assert eval(text, vars(groups)) == G
+
+
+@pytest.mark.parametrize("G", ALL_GROUPS, ids=repr)
+def test_every_example_prints_as_the_constructor_call(G: Group) -> None:
+    assert eval(repr(G), vars(groups)) == G
 
 
 @pytest.mark.parametrize(
@@ -369,3 +383,119 @@ def test_invalid_construction_raises_config_error(ctor: type, bad: object, got: 
     with pytest.raises(ConfigError, match=re.escape(f"{ctor.__name__}(n): n: expected an integer >= 1, {got}")) as info:
         ctor(bad)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+@pytest.mark.parametrize(
+    ("G", "dim", "reflections", "translations", "rotations", "square", "kind"),
+    [(ec.C(4), 2, False, False, ec.C(4), True, "planar"), (ec.C(3), 2, False, False, ec.C(3), False, "planar"),
+     (ec.D(8), 2, True, False, ec.C(8), True, "planar"), (ec.D(2), 2, True, False, ec.C(2), False, "planar"),
+     (ec.SO2(), 2, False, False, ec.SO2(), False, "planar"), (ec.O2(), 2, True, False, ec.SO2(), False, "planar"),
+     (ec.SO3(), 3, False, False, ec.SO3(), False, "spatial"), (ec.O3(), 3, True, False, ec.SO3(), False, "spatial"),
+     (ec.Octahedral(), 3, False, False, ec.Octahedral(), False, "spatial"),
+     (ec.SE3(), 3, False, True, ec.SO3(), False, "rigid"), (ec.E3(), 3, True, True, ec.SO3(), False, "rigid"),
+     (ec.S(4), None, False, False, ec.S(4), False, "permutation")],
+    ids=repr,
+)
+def test_groups_say_what_they_are(G: Group, dim: int | None, reflections: bool, translations: bool,
+                                  rotations: Group, square: bool, kind: str) -> None:
+    assert (G.dim, G.has_reflections, G.has_translations, G.rotation_subgroup, G.needs_square_images, G.kind) == (
+        dim, reflections, translations, rotations, square, kind)
+
+
+@pytest.mark.parametrize("G", ALL_GROUPS, ids=repr)
+def test_capabilities_agree_with_the_elements(G: Group) -> None:
+    """What a group says about itself holds for its testing elements: matrix size, reflections, translations,
+    quarter turns; its rotation subgroup is a subgroup without reflections or translations."""
+    t = G.testing_elements(dtype=torch.float64)
+    m = G.matrix(t, dtype=torch.float64)
+    if G.dim is not None:
+        assert m.shape[-1] == G.dim
+    assert G.kind in ("planar", "spatial", "rigid", "permutation")
+    assert (G.kind == "permutation") == (G.dim is None)
+    if G.kind != "permutation":
+        assert bool((torch.linalg.det(m) < 0).any()) == G.has_reflections
+    assert (G.element_shape() == (4, 4)) == G.has_translations
+    assert G.is_indexed == (G.is_finite and G.element_shape() == ())
+    quarter = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    if G.kind == "planar" and G.is_finite:
+        assert G.needs_square_images == any(torch.equal(q, quarter) for q in m)
+        assert G.all_quarter_turns == bool(torch.equal(m, m.round()))
+    else:
+        assert not G.needs_square_images and not G.all_quarter_turns
+    H = G.rotation_subgroup
+    assert not H.has_reflections and not H.has_translations and H.rotation_subgroup == H
+    assert H.kind in (G.kind, "spatial") and H.dim == G.dim
+    if G.is_finite:  # every element of the subgroup is an element of G (same matrices)
+        inside = {tuple(x.flatten().tolist()) for x in G.matrix(G.testing_elements(), dtype=torch.float64)}
+        assert all(tuple(x.flatten().tolist()) in inside for x in H.matrix(H.testing_elements(), dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- names, the registry, as_group
+
+
+@pytest.mark.parametrize("G", ALL_GROUPS, ids=repr)
+def test_every_registered_group_parses_from_its_name_and_its_repr(G: Group) -> None:
+    name = groups.group_name(G)
+    for text in (name, name.lower(), repr(G), repr(G).lower()):
+        assert groups.parse_group(text) == G
+        assert groups.as_group(text) == G
+
+
+def test_registry_lists_every_family_once_with_its_examples() -> None:
+    names = [f.name for f in groups.families()]
+    assert names == ["C<n>", "D<n>", "SO2", "O2", "SO3", "O3", "SE3", "E3", "S<n>", "Octahedral"]
+    assert groups.examples() == tuple(g for f in groups.families() for g in f.examples)
+    assert all(groups.family_of(g) is f for f in groups.families() for g in f.examples)
+    assert groups.parse_group("SO(3)") == ec.SO3() and groups.parse_group(" d(8) ") == ec.D(8)
+
+
+def test_a_new_family_is_one_register_family_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered class is read by parse_group and listed by examples() (the axiom tests' list)."""
+    from equicanon.groups import registry
+
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class Z(ec.C):
+        def __repr__(self) -> str:
+            return f"Z({self.n})"
+
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    groups.register_family("Z<n>", Z, examples=[Z(6)])
+    assert groups.parse_group("z(6)") == Z(6) and groups.as_group("Z12") == Z(12)
+    assert Z(6) in groups.examples() and groups.group_name(Z(6)) == "Z6"
+    with pytest.raises(ConfigError, match="already registered"):
+        groups.register_family("z<n>", Z, examples=[Z(2)])
+    with pytest.raises(ConfigError, match="must look like"):
+        groups.register_family("Z 2", Z, examples=[Z(2)])
+    with pytest.raises(ConfigError, match="examples must be"):
+        groups.register_family("Y<n>", Z, examples=[ec.C(2)])
+
+
+def test_as_group_passes_groups_and_parses_names() -> None:
+    planar = lambda g: g.kind == "planar"  # noqa: E731
+    G = ec.D(4)
+    assert groups.as_group(G) is G and groups.as_group(G, where=planar) is G
+    assert groups.as_group("C8", where=planar) == ec.C(8)
+    assert groups.as_group("SO(3)", where=lambda g: not g.is_finite) == ec.SO3()
+
+
+def test_as_group_says_what_was_expected_and_what_came() -> None:
+    finite_planar = lambda g: g.is_finite and g.kind == "planar"  # noqa: E731
+    with pytest.raises(GroupMismatchError, match=re.escape("GroupConv: group: expected one of 'C<n>', 'D<n>', "
+                                                           "got SO2()")):
+        groups.as_group(ec.SO2(), where=finite_planar, what="GroupConv: group")
+    with pytest.raises(ConfigError, match=re.escape("names SO3(), which is not accepted here: expected one of "
+                                                    "'C<n>', 'D<n>', got 'so3'")):
+        groups.as_group("so3", where=finite_planar)
+    with pytest.raises(ConfigError, match=re.escape("unknown group 'C4x': expected a square-image group, got 'C4x'; "
+                                                    "did you mean 'C4'?")):
+        groups.as_group("C4x", where=lambda g: g.needs_square_images, expected="a square-image group")
+    with pytest.raises(ConfigError, match=re.escape("rotate: expected a group or a group name, one of 'SO3', 'O3', "
+                                                    "'Octahedral' (e.g. 'SO3' or SO3()), got int 3")):
+        groups.as_group(3, where=lambda g: g.kind == "spatial", what="rotate")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="the order n of C<n> must be an integer >= 1, got 0"):
+        groups.as_group("C0")
+    with pytest.raises(ConfigError, match="did you mean 'SE3'"):
+        groups.parse_group("SE2", where=lambda g: g.has_translations)

@@ -33,13 +33,55 @@ class Group(abc.ABC):
     print as the constructor call that builds them (``C(8)``).
     """
 
-    #: dimension ``d`` of the orthogonal matrices returned by :meth:`matrix`
-    dim: int
+    # ---- capabilities: what the group is, so that no code outside groups/ asks for its class ----
+
+    #: dimension ``d`` of the space the group acts on (2 planar, 3 spatial and rigid; ``None`` for
+    #: permutation groups); :meth:`matrix` returns ``(B, d, d)`` orthogonal matrices
+    dim: int | None
+    #: whether some elements reverse orientation (``det = -1``): D(n), O2(), O3(), E3()
+    has_reflections: bool = False
+    #: whether elements translate points (elements are homogeneous ``[[R, t], [0, 1]]``): SE3(), E3()
+    has_translations: bool = False
 
     @property
     @abc.abstractmethod
     def is_finite(self) -> bool:
         """Whether the group has finitely many elements."""
+
+    @property
+    def is_indexed(self) -> bool:
+        """Whether elements are int64 indices ``0 .. order-1`` of shape ``(B,)`` (index 0 the identity), so a
+        result can carry one logit per element and the regular representation permutes an axis of size ``|G|``."""
+        return False
+
+    @property
+    def rotation_subgroup(self) -> Group:
+        """The subgroup of rotations (no reflections, no translations): ``C(n)`` for ``D(n)``, ``SO2()`` for
+        ``O2()``, ``SO3()`` for ``O3()``, ``SE3()`` and ``E3()``; the group itself when it has neither."""
+        if self.has_reflections or self.has_translations:
+            raise NotImplementedError(f"{type(self).__name__} must define rotation_subgroup")
+        return self
+
+    @property
+    def needs_square_images(self) -> bool:
+        """Whether acting on images needs ``H == W``: the group holds a quarter turn, done as an exact index move."""
+        return False
+
+    @property
+    def all_quarter_turns(self) -> bool:
+        """Whether every element maps the square pixel grid onto itself (multiples of 90° and flips), so images
+        move by exact index operations only, never interpolation."""
+        return False
+
+    @property
+    def kind(self) -> str:
+        """``"planar"`` (acts on the plane), ``"spatial"`` (rotations/reflections of 3-D space), ``"rigid"``
+        (also translations) or ``"permutation"`` (permutes set elements, :attr:`dim` is ``None``)."""
+        if self.dim is None:
+            return "permutation"
+        if self.has_translations:
+            return "rigid"
+        return "planar" if self.dim == 2 else "spatial"
 
     @abc.abstractmethod
     def identity(self, batch: int = 1, *, device: torch.device | str | None = None,
@@ -83,6 +125,13 @@ class Group(abc.ABC):
         """Shape of one element (without the batch dimension)."""
         return ()
 
+    def translation(self, g: torch.Tensor) -> torch.Tensor:
+        """The translation part ``(B, d)`` of each element: zeros unless :attr:`has_translations`."""
+        if self.dim is None:
+            raise ElementError(f"{self} permutes set elements; it has no translations")
+        m = self.matrix(g)
+        return m.new_zeros(m.shape[0], self.dim)
+
     def cast(self, g: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         """Elements in ``dtype`` (integer elements are returned as they are).
 
@@ -117,6 +166,10 @@ class FiniteGroup(Group):
 
     @property
     def is_finite(self) -> bool:
+        return True
+
+    @property
+    def is_indexed(self) -> bool:
         return True
 
     @property
@@ -166,6 +219,8 @@ class FiniteGroup(Group):
 
 class MatrixGroup(Group):
     """A continuous group of ``d x d`` orthogonal matrices; elements are ``(B, d, d)`` float tensors."""
+
+    dim: int
 
     @property
     def is_finite(self) -> bool:

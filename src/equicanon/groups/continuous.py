@@ -77,6 +77,12 @@ class SO2(_Planar):
 class O2(_Planar):
     """Planar rotations and reflections."""
 
+    has_reflections = True
+
+    @property
+    def rotation_subgroup(self) -> SO2:
+        return SO2()
+
     def __repr__(self) -> str:
         return "O2()"
 
@@ -167,6 +173,12 @@ class SO3(_Spatial):
 @dataclass(frozen=True, repr=False)
 class O3(_Spatial):
     """3-D rotations and reflections (``det = ±1``)."""
+
+    has_reflections = True
+
+    @property
+    def rotation_subgroup(self) -> SO3:
+        return SO3()
 
     def __repr__(self) -> str:
         return "O3()"

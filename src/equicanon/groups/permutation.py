@@ -34,9 +34,7 @@ class S(Group):
     def __repr__(self) -> str:
         return f"S({self.n})"
 
-    @property
-    def dim(self) -> int:  # type: ignore[override]
-        return self.n
+    dim = None  # acts on sets, not on a space; matrix() gives (B, n, n) permutation matrices
 
     @property
     def is_finite(self) -> bool:

@@ -55,6 +55,11 @@ class PlanarFiniteGroup(FiniteGroup):
         """True when every element rotates by a multiple of 90° (n divides 4)."""
         return 4 % self.n == 0
 
+    @property
+    def needs_square_images(self) -> bool:
+        """True when the group holds the quarter turn (``n % 4 == 0``), an exact index move of square images."""
+        return self.n % 4 == 0
+
     def matrix(self, g: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         g = self.check(g)
         dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -109,6 +114,12 @@ class D(PlanarFiniteGroup):
     """
 
     n: int
+    has_reflections = True
+
+    @property
+    def rotation_subgroup(self) -> C:
+        """``C(n)``: its elements are the indices ``0 .. n-1`` of ``D(n)``."""
+        return C(self.n)
 
     def __post_init__(self) -> None:
         check_positive_int(self.n, "D(n): n")

@@ -23,16 +23,20 @@ class RigidGroup(MatrixGroup):
     """Common part of SE(3) and E(3)."""
 
     dim = 3
-    reflections: bool = False
+    has_translations = True
 
     @property
     def is_finite(self) -> bool:
         return False
 
     @property
+    def rotation_subgroup(self) -> SO3:
+        return SO3()
+
+    @property
     def rotations(self) -> SO3 | O3:
         """The orthogonal part as a group: SO3() or O3()."""
-        return O3() if self.reflections else SO3()
+        return O3() if self.has_reflections else SO3()
 
     def element_shape(self) -> tuple[int, ...]:
         return (4, 4)
@@ -115,7 +119,7 @@ class SE3(RigidGroup):
 class E3(RigidGroup):
     """Rotations, reflections and translations of 3-D space."""
 
-    reflections = True
+    has_reflections = True
 
     def __repr__(self) -> str:
         return "E3()"
