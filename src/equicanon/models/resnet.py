@@ -97,7 +97,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, classes)`` of images ``(B, in_channels, H, W)``."""
-        return self.head(self.features(x))  # type: ignore[no-any-return]
+        return self.head(self.features(x))
 
 
 def resnet50(classes: int = 1000, in_channels: int = 3) -> ResNet:
