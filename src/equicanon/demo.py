@@ -22,20 +22,23 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .actions.functional import rotate_image
+from .actions import Image
 from .adapt import Canonicalized
-from .canonicalizers import GroupConv
+from .canonicalizers import create
 from .data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .groups import SO2, C
+from .models import SmallCNN
+from .training.step import fit
 
-__all__ = ["DemoConfig", "small_cnn", "run_demo"]
+__all__ = ["DemoConfig", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -52,25 +55,6 @@ class DemoConfig:
     seed: int = 0
 
 
-def small_cnn(classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True) -> nn.Sequential:
-    """The CNN all three demo models share (and the training configs' predictor): three 3x3 conv
-    blocks with batch norm, global average pooling and a linear layer. ``(B, C, H, W) → (B, classes)``.
-
-    ``batch_norm=False`` leaves the normalisation out (e.g. DDP on CPU, where ``SyncBatchNorm`` is unavailable).
-    """
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout) if batch_norm else nn.Identity(), nn.ReLU()]
-
-    return nn.Sequential(
-        *block(in_channels, width), nn.MaxPool2d(2), *block(width, 2 * width), nn.MaxPool2d(2),
-        *block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
-    )
-
-
-def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    return rotate_image(x, SO2().from_angle(degrees, degrees=True))
-
-
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Per-image correctness ``(N,)`` bool, in eval mode."""
     model.eval()
@@ -79,22 +63,19 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 5
     return pred == y
 
 
-def _fit(model: nn.Module, steps: int, batch_fn, loss_fn, lr: float, progress: str) -> float:
-    """``steps`` Adam steps of ``loss_fn(model, *batch_fn())`` with a cosine learning-rate decay;
-    returns the wall time in seconds."""
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    model.train()
+def _train(model: nn.Module, data: Any, steps: int, cfg: DemoConfig, name: str, verbose: bool, seed: int,
+           **options: Any) -> float:
+    """:func:`equicanon.training.fit` with Adam and a one-cycle schedule; returns the wall time in seconds."""
+    every = max(1, steps // 10)
+
+    def progress(i: int, log: dict[str, float]) -> None:
+        if verbose and (i + 1) % every == 0:
+            print(f"\r  {name}: step {i + 1}/{steps}, loss {log['loss']:.3f}", end="", flush=True)
+
     start = time.perf_counter()
-    for step in range(steps):
-        loss = loss_fn(model, *batch_fn())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if progress and (step + 1) % max(1, steps // 10) == 0:
-            print(f"\r  {progress}: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}", end="", flush=True)
-    if progress:
+    fit(model, data, steps, lr=cfg.lr, lr_schedule="onecycle", batch_size=cfg.batch, seed=seed, callback=progress,
+        **options)
+    if verbose:
         print()
     return time.perf_counter() - start
 
@@ -121,65 +102,46 @@ def run_demo(out: str | Path = "equicanon-demo", config: DemoConfig | None = Non
     x_test = x_test[: cfg.test_images, None].float() / 255
     y_test = y_test[: cfg.test_images]
     test_angles = torch.rand(len(x_test), generator=gen) * 360
-    x_test_rot = _rotate(x_test, test_angles)
+    x_test_rot = Image(SO2())(SO2().from_angle(test_angles, degrees=True), x_test)
     say(f"Fashion-MNIST: {len(x_train)} training images, {len(x_test)} test images; "
         f"{cfg.steps} steps of batch {cfg.batch} per model; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def batch(rotate: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(x_train), (cfg.batch,), generator=gen)
-        x = x_train[idx]
-        if rotate is not None:
-            x = _rotate(x, (torch.rand(cfg.batch, generator=gen) - 0.5) * 2 * rotate)
-        return x, y_train[idx]
+    labelled = (x_train, y_train)
+    turn = Image(SO2())  # uniform random angles: the augmentation, and the test-time rotations
 
-    def classify(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
+    def rotate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return turn(SO2().sample(x.shape[0], generator=generator), x)
 
     results: dict[str, dict[str, float]] = {}
     models: dict[str, nn.Module] = {}
-    half_turn = 180.0
 
-    vanilla = small_cnn()
-    seconds = _fit(vanilla, cfg.steps, lambda: batch(None), classify, cfg.lr, "vanilla" if verbose else "")
+    vanilla = SmallCNN()
+    seconds = _train(vanilla, labelled, cfg.steps, cfg, "vanilla", verbose, cfg.seed + 1)
     models["vanilla"], results["vanilla"] = vanilla, {"train_seconds": seconds}
 
-    augmented = small_cnn()
-    seconds = _fit(augmented, cfg.steps, lambda: batch(half_turn), classify, cfg.lr, "augmented" if verbose else "")
+    augmented = SmallCNN()
+    seconds = _train(augmented, labelled, cfg.steps, cfg, "augmented", verbose, cfg.seed + 2, augment=rotate)
     models["augmented"], results["augmented"] = augmented, {"train_seconds": seconds}
 
-    group = C(cfg.rotations)
-    canonicalizer = GroupConv(group, in_channels=1, hidden=8, layers=3, kernel_size=5, resize=16)
-    step_angle = 360.0 / cfg.rotations
-
-    def rotated_pose_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(x_train), (cfg.batch,), generator=gen)
-        theta = torch.rand(cfg.batch, generator=gen) * 360
-        target = torch.round(theta / step_angle).long() % cfg.rotations
-        return _rotate(x_train[idx], theta), target
-
-    def pose_prior(canon: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(canon.logits(x), target)
-
+    # The canonicalizer with the library's default network, looking at the image shrunk to 16 pixels; trained
+    # with the prior on upright images turned by continuous angles, aimed at the nearest C(8) element.
+    canonicalizer = create("group_conv", group=C(cfg.rotations), in_channels=1, resize=16)
     canon_steps = round(cfg.steps * cfg.canonicalizer_share)
-    seconds = _fit(canonicalizer, canon_steps, rotated_pose_batch, pose_prior, cfg.lr,
-                   "canonicalizer (prior)" if verbose else "")
-    canonicalizer.eval().requires_grad_(False)
-
-    def canonical_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch(half_turn)
-        with torch.no_grad():
-            return canonicalizer(x).canonical, y
-
-    predictor = small_cnn()
-    seconds += _fit(predictor, cfg.steps - canon_steps, canonical_batch, classify, cfg.lr,
-                    "canonicalized CNN" if verbose else "")
-    models["canonicalized"] = Canonicalized(predictor, canonicalizer)
+    seconds = _train(canonicalizer, x_train, canon_steps, cfg, "canonicalizer (prior)", verbose, cfg.seed + 3,
+                     prior_weight=1.0, transform="angle")
+    canonicalizer.requires_grad_(False)
+    # Then the CNN on canonical forms of randomly rotated images (the canonicalizer frozen, in eval mode).
+    predictor = SmallCNN()
+    model = Canonicalized(predictor, canonicalizer)
+    seconds += _train(model, labelled, cfg.steps - canon_steps, cfg, "canonicalized CNN", verbose, cfg.seed + 4,
+                      augment=rotate, transform=None)
+    models["canonicalized"] = model
     results["canonicalized"] = {"train_seconds": seconds}
 
     correct: dict[str, torch.Tensor] = {}
-    for name, model in models.items():
-        results[name]["upright"] = float(_accuracy(model, x_test, y_test).float().mean())
-        correct[name] = _accuracy(model, x_test_rot, y_test)
+    for name, net in models.items():
+        results[name]["upright"] = float(_accuracy(net, x_test, y_test).float().mean())
+        correct[name] = _accuracy(net, x_test_rot, y_test)
         results[name]["rotated"] = float(correct[name].float().mean())
 
     say("\n| model | upright accuracy | rotated accuracy (random angles) | training time |")
@@ -189,12 +151,12 @@ def run_demo(out: str | Path = "equicanon-demo", config: DemoConfig | None = Non
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     say(f"\nwrote {out / 'metrics.json'}")
     if plots:
-        _plots(out, models["canonicalized"], x_test_rot, y_test, test_angles, correct, say)
+        _plots(out, model, x_test_rot, y_test, test_angles, correct, say)
     return results
 
 
-def _plots(out: Path, model: nn.Module, x_rot: torch.Tensor, y: torch.Tensor, angles: torch.Tensor,
-           correct: dict[str, torch.Tensor], say) -> None:
+def _plots(out: Path, model: Canonicalized, x_rot: torch.Tensor, y: torch.Tensor, angles: torch.Tensor,
+           correct: dict[str, torch.Tensor], say: Callable[[str], object]) -> None:
     from .plots import plot_canonical_forms, plot_metric_by_angle
 
     model.eval()

@@ -4,10 +4,10 @@ A canonicalizer in front of a pretrained network makes it exactly invariant (or
 equivariant), but hurts it when the canonical poses it picks are not the upright
 ones the network was trained on. The *canonicalization prior* fixes that: on
 training data, which is upright, pull the pose towards the identity. Only the
-canonicalizer has to learn, and it needs no labels.
+canonicalizer has to learn, and it needs no labels::
 
-    >>> model = ec.adapt_pretrained(resnet, ec.C(8), in_channels=3, data=upright_images, steps=500)
-    >>> logits = model(rotated_images)          # what resnet says on the upright images
+    model = ec.adapt_pretrained(resnet, ec.C(8), in_channels=3, data=upright_images, steps=500)
+    logits = model(rotated_images)          # what resnet says on the upright images
 
 :func:`adapt_pretrained` builds the paper's canonicalizer (a group-equivariant CNN that sees
 the centre 80% of the image shrunk to 96 pixels; straight-through gradients; prior
@@ -17,82 +17,45 @@ network is not touched, not even run) or jointly with fine-tuning on labelled on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .actions import Action
 from .adapt import Canonicalized
-from .canonicalizers import GroupConv
+from .canonicalizers import create
 from .canonicalizers.base import Canonicalizer
-from .errors import ConfigError, DTypeError, InputValueError, check_number, check_positive_int
-from .groups import Group
+from .errors import ConfigError, check_number
+from .groups import Group, as_group
+from .training.step import Data, TaskLoss, fit
 
-__all__ = ["adapt_pretrained", "train_canonicalizer"]
-
-Batch = tuple[torch.Tensor, torch.Tensor | None]
-Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterable[Any]
-
-
-def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return fallback
-
-
-def _batches(data: Data, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    """Endless ``(x, y or None)`` batches: random draws from tensors, or an iterable cycled through."""
-    if isinstance(data, torch.Tensor) or (isinstance(data, tuple) and len(data) == 2
-                                          and all(isinstance(t, torch.Tensor) for t in data)):
-        x, y = (data, None) if isinstance(data, torch.Tensor) else data
-        if y is not None and len(y) != len(x):
-            raise ConfigError(f"data: {len(x)} inputs but {len(y)} labels")
-        if len(x) == 0:
-            raise ConfigError("data: an empty tensor; give at least one upright input")
-        while True:
-            idx = torch.randint(len(x), (batch_size,), generator=generator).to(x.device)
-            yield x[idx], (None if y is None else y[idx])
-    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-        raise DTypeError(f"data: expected a tensor (N, C, H, W), a pair (inputs, labels) or an iterable of batches "
-                         f"(e.g. a DataLoader), got {type(data).__name__}")
-    while True:
-        empty = True
-        for item in data:
-            empty = False
-            if isinstance(item, torch.Tensor):
-                yield item, None
-            elif isinstance(item, (tuple, list)) and len(item) >= 1 and isinstance(item[0], torch.Tensor):
-                yield item[0], (item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None)
-            else:
-                raise DTypeError(f"data: a batch must be a tensor or a tuple (inputs, labels), got {type(item).__name__}")
-        if empty:
-            raise ConfigError("data: the iterable gave no batches")
-
+__all__ = ["adapt_pretrained", "train_canonicalizer", "PAPER_VIEW"]
 
 def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetune: bool = False,
-                        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                        prior_weight: float = 100.0, contrastive_weight: float = 0.0, transform_inputs: bool = True,
+                        task_loss: TaskLoss = None, prior_weight: float = 100.0, contrastive_weight: float = 0.0,
+                        transform: str | None = "group",
                         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                         lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
                         callback: Callable[[int, dict[str, float]], None] | None = None) -> Canonicalized:
     """Train ``model``'s canonicalizer with the prior (and, with ``finetune``, its predictor too), in place.
 
-    Every step takes a batch of upright inputs ``x`` from ``data``; applies ``augment(x, generator)``
-    if given (crops, colour jitter: anything but the group's transformations); with
-    ``transform_inputs`` moves each input by a random group element ``g`` (the prior's target
-    becomes ``g``: ``pose(g·x) = g`` when ``pose(x) = e``); then minimises
+    :func:`equicanon.training.fit` with Adam over two parameter groups: every step takes a batch of
+    upright inputs ``x`` from ``data``, applies ``augment(x, generator)`` if given (crops, colour jitter:
+    anything but the group's transformations), moves it by ``transform`` (default ``"group"``: random
+    group elements ``g``, the prior aimed at ``g``, since ``pose(g·x) = g`` when ``pose(x) = e``), then
+    minimises
 
     - ``prior_weight · prior`` alone (the predictor is frozen, and never run), or
-    - with ``finetune``: ``loss(model(x), y) + prior_weight · prior`` over the canonicalizer
+    - with ``finetune``: ``task_loss(model(x), y) + prior_weight · prior`` over the canonicalizer
       (learning rate ``lr``) and the predictor (``finetune_lr``); labels ``y`` move with the
       model's output action, so dense targets (masks) work.
 
-    ``transform_inputs`` matters where the canonicalizer is only approximately equivariant
-    (rotations by 45° interpolate): the prior on upright inputs alone does not teach the poses
-    of rotated ones, and they drift. For exact elements both forms are the same prior.
+    The moved copies matter where the canonicalizer is only approximately equivariant (rotations by
+    45° interpolate): the prior on upright inputs alone (``transform=None``) does not teach the poses of
+    rotated ones, and they drift. For exact elements both forms are the same prior. ``transform="angle"``
+    turns by continuous angles and aims at the nearest element.
 
     Args:
         model: a :class:`~equicanon.Canonicalized` model.
@@ -100,10 +63,12 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
             iterable of batches ``x`` or ``(x, y)`` (e.g. a ``DataLoader``), cycled through.
         steps: optimisation steps (0: nothing is trained).
         finetune: also train the predictor (needs labels).
-        loss: task loss of ``finetune`` (default: cross-entropy of logits ``(B, K)`` against labels ``(B,)``).
+        task_loss: loss of ``finetune``: ``None`` (cross-entropy of logits ``(B, K)`` against labels ``(B,)``),
+            ``"mse"`` or a callable ``loss(prediction, y)``.
         prior_weight: weight of the prior (paper: 100).
         contrastive_weight: weight of the canonicalizer's contrastive loss (for
             :class:`~equicanon.canonicalizers.Contrastive`, EquiOptAdapt; 0: not computed).
+        transform: ``"group"``, ``"angle"`` or ``None``; see :func:`equicanon.training.step`.
         batch_size: inputs per step when ``data`` is a tensor.
         seed: seeds the batches, the group elements and ``augment``'s generator.
         callback: called as ``callback(step, {"loss": ..., "prior": ..., "task": ...})`` after every step.
@@ -113,8 +78,6 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
     """
     if not isinstance(model, Canonicalized):
         raise ConfigError(f"model must be an ec.Canonicalized, got {type(model).__name__}")
-    check_positive_int(steps, "steps", minimum=0)
-    check_positive_int(batch_size, "batch_size")
     prior_weight = check_number(prior_weight, "prior_weight", minimum=0.0)
     contrastive_weight = check_number(contrastive_weight, "contrastive_weight", minimum=0.0)
     lr = check_number(lr, "lr", minimum=0.0, strict=True)
@@ -124,118 +87,86 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
     canon, predictor = model.canonicalizer, model.predictor
     if contrastive_weight > 0 and not canon.has_contrastive_loss:
         raise ConfigError(f"contrastive_weight > 0, but {type(canon).__name__} has no contrastive loss")
-    group, action = canon.group, canon.action
-    task_loss = F.cross_entropy if loss is None else loss
-    if steps == 0:
-        return model.eval()
-    gen = torch.Generator().manual_seed(seed)
     params: list[dict[str, Any]] = [{"params": [p for p in canon.parameters() if p.requires_grad], "lr": lr}]
     if finetune:
         params.append({"params": [p for p in predictor.parameters() if p.requires_grad], "lr": finetune_lr})
     if not any(group_["params"] for group_ in params):
         raise ConfigError("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params)
-    device = _device_of(canon, _device_of(predictor, torch.device("cpu")))
-    canon.train()
-    predictor.train(finetune)
-    batches = _batches(data, batch_size, gen)
-    try:
-        for step in range(steps):
-            x, y = next(batches)
-            x = x.to(device)
-            if finetune and y is None:
-                raise ConfigError("finetune needs labels: give data as (inputs, labels) or batches (x, y)")
-            if augment is not None:
-                x = augment(x, gen)
-            target = None
-            if transform_inputs:
-                target = group.sample(x.shape[0], generator=gen).to(device)
-                target = target.to(x.dtype) if target.is_floating_point() else target
-                x = action(target, x)
-                if finetune and y is not None:
-                    y = y.to(device)
-                    y = model.output(target, y)
-            terms: dict[str, torch.Tensor] = {}
-            if finetune:
-                assert y is not None
-                out, res = model(x, return_canonicalization=True)
-                terms["task"] = task_loss(out, y.to(device))
-            else:
-                res = canon(x)
-            total, regularizers = canon.add_regularizers(terms.get("task", 0.0), res, prior_weight=prior_weight,
-                                                         contrastive_weight=contrastive_weight, target=target)
-            terms.update(regularizers)
-            assert isinstance(total, torch.Tensor)
-            if not torch.isfinite(total):
-                raise InputValueError(f"step {step}: the loss is {float(total.detach())}, not finite; check the data for "
-                                      "NaN/Inf or lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            if callback is not None:
-                callback(step, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
-    finally:
-        model.eval()
-    return model
+    fit(model, data, steps, optimizer=torch.optim.Adam(params), batch_size=batch_size, seed=seed,
+        labels=bool(finetune), augment=augment, callback=callback, task_loss=task_loss, prior_weight=prior_weight,
+        contrastive_weight=contrastive_weight, transform=transform)
+    return model.eval()
 
 
-def adapt_pretrained(model: nn.Module, group: Group, *, in_channels: int = 3, output: Action | None = None,
-                     canonicalizer: Canonicalizer | None = None, data: Data | None = None, steps: int = 0,
-                     finetune: bool = False, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                     crop: float | None = 0.8, resize: int | None = 96, hidden: int = 8, layers: int = 3,
-                     kernel_size: int = 5, pool: bool = True, prior_weight: float = 100.0, contrastive_weight: float = 0.0,
-                     transform_inputs: bool = True,
+#: the paper's view of large pretrained inputs: the centre 80%, shrunk to at most 96 pixels (Mondal et al.)
+PAPER_VIEW: dict[str, Any] = {"crop": 0.8, "resize": 96}
+
+
+def adapt_pretrained(model: nn.Module, group: Group | str, *, in_channels: int = 3, output: Action | None = None,
+                     canonicalizer: Canonicalizer | str = "group_conv", canonicalizer_args: dict[str, Any] | None = None,
+                     data: Data | None = None, steps: int = 0, finetune: bool = False, task_loss: TaskLoss = None,
+                     prior_weight: float = 100.0, contrastive_weight: float = 0.0, transform: str | None = "group",
                      augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                      lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
                      callback: Callable[[int, dict[str, float]], None] | None = None) -> Canonicalized:
     """Make a pretrained image model equivariant to ``group``, keeping what it does on upright images.
 
-    Wraps ``model`` as ``ec.Canonicalized(model, canonicalizer, output)`` with the paper's
-    canonicalizer, :class:`~equicanon.canonicalizers.GroupConv` (``hidden``, ``layers``,
-    ``kernel_size``, ``pool``; it sees the centre ``crop`` of the image shrunk to at most ``resize``
-    pixels; straight-through gradients), placed on ``model``'s device. With the defaults it costs 7% of
-    a ResNet-50's multiply-adds at 224 pixels for C(8), 2% for C(4) (counted with
-    ``torch.utils.flop_counter``; without ``pool`` 27%). Then, if ``data`` is given, it trains
-    it for ``steps`` with the canonicalization prior (:func:`train_canonicalizer`): alone on
-    upright unlabelled images (``model`` is not changed), or with ``finetune`` jointly with
-    fine-tuning ``model`` on labelled ones (``model``'s weights change in place; pass
+    Wraps ``model`` as ``ec.Canonicalized(model, canonicalizer, output)``, placed on ``model``'s device.
+    By default the canonicalizer is ``ec.canonicalizers.create("group_conv", group=group,
+    in_channels=in_channels, crop=0.8, resize=96, **canonicalizer_args)``: the paper's
+    group-equivariant CNN with its default (fast) network, looking at the centre 80% of the image
+    shrunk to at most 96 pixels (:data:`PAPER_VIEW`); straight-through gradients. Then, if ``data`` is
+    given, it trains it for ``steps`` with the canonicalization prior (:func:`train_canonicalizer`):
+    alone on upright unlabelled images (``model`` is not changed, not even run), or with ``finetune``
+    jointly with fine-tuning ``model`` on labelled ones (``model``'s weights change in place; pass
     ``copy.deepcopy(model)`` to keep the original).
 
     Args:
         model: the pretrained predictor, e.g. logits ``(B, K)`` of images ``(B, C, H, W)``.
-        group: ``ec.C(n)``, ``ec.D(n)``, ``ec.SO2()`` or ``ec.O2()``.
+        group: ``ec.C(n)``, ``ec.D(n)``, ``ec.SO2()``, ``ec.O2()`` or a name such as ``"C8"``.
         in_channels: image channels ``C``.
         output: how poses act on predictions: :class:`~equicanon.actions.Trivial` (default,
             class logits), :class:`~equicanon.actions.Image` / :class:`~equicanon.actions.Mask`
             for dense outputs, which are mapped back through the pose.
-        canonicalizer: use this canonicalizer instead of building a GroupConv (e.g. a
-            :class:`~equicanon.canonicalizers.Contrastive`); the network arguments are then ignored.
-        data, steps, finetune, loss, prior_weight, contrastive_weight, transform_inputs, augment, lr,
+        canonicalizer: a registered canonicalizer name (``"group_conv"``, ``"contrastive"``) built with
+            :func:`~equicanon.canonicalizers.create`, or a built :class:`~equicanon.canonicalizers.Canonicalizer`
+            of ``group`` (then ``in_channels`` and ``canonicalizer_args`` are not used).
+        canonicalizer_args: keyword arguments for ``create`` on top of the group, ``in_channels`` and
+            :data:`PAPER_VIEW` (e.g. ``{"resize": 64}``, ``{"hidden": 16}``).
+        data, steps, finetune, task_loss, prior_weight, contrastive_weight, transform, augment, lr,
             finetune_lr, batch_size, seed, callback: see :func:`train_canonicalizer`.
 
     Returns:
         The :class:`~equicanon.Canonicalized` model, in eval mode: ``model(x)`` equals the
         pretrained prediction on ``x``'s canonical form, and ``model(x, return_canonicalization=True)``
         also returns the poses.
+
+    Example:
+        >>> import torch, equicanon as ec
+        >>> pretrained = ec.models.resnet_small(classes=10, in_channels=1)
+        >>> model = ec.adapt_pretrained(pretrained, "C4", in_channels=1, data=torch.rand(16, 1, 28, 28), steps=2)
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be an nn.Module (the pretrained predictor), got {type(model).__name__}")
-    if not isinstance(group, Group):
-        raise ConfigError(f"group must be an equicanon group such as ec.C(8), got {group!r}")
-    if canonicalizer is None:
-        canonicalizer = GroupConv(group, in_channels, hidden=hidden, layers=layers, kernel_size=kernel_size,
-                                  crop=crop, resize=resize, pool=pool)
+    group = as_group(group)
+    if isinstance(canonicalizer, str):
+        args = {"group": group, "in_channels": in_channels, **PAPER_VIEW, **(canonicalizer_args or {})}
+        canonicalizer = create(canonicalizer, **args)
     elif not isinstance(canonicalizer, Canonicalizer):
-        raise ConfigError(f"canonicalizer must be an equicanon Canonicalizer, got {type(canonicalizer).__name__}")
+        raise ConfigError(f"canonicalizer must be a registered name or an equicanon Canonicalizer, "
+                          f"got {type(canonicalizer).__name__}")
+    elif canonicalizer_args:
+        raise ConfigError("canonicalizer_args is for a canonicalizer given by name; this one is already built")
     elif canonicalizer.group != group:
         raise ConfigError(f"the canonicalizer's group {canonicalizer.group} is not {group}")
-    device = _device_of(model, torch.device("cpu"))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     adapted = Canonicalized(model, canonicalizer.to(device), output)
     if data is None:
         if steps:
             raise ConfigError(f"steps={steps} but no data: give upright inputs to train the canonicalizer on")
         return adapted.eval()
-    return train_canonicalizer(adapted, data, steps, finetune=finetune, loss=loss, prior_weight=prior_weight,
-                               contrastive_weight=contrastive_weight, transform_inputs=transform_inputs, augment=augment,
-                               lr=lr, finetune_lr=finetune_lr,
-                               batch_size=batch_size, seed=seed, callback=callback)
+    return train_canonicalizer(adapted, data, steps, finetune=finetune, task_loss=task_loss, prior_weight=prior_weight,
+                               contrastive_weight=contrastive_weight, transform=transform, augment=augment,
+                               lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, callback=callback)

@@ -1,11 +1,12 @@
-"""Training with Lightning: modules for canonicalized (or plain) models.
+"""Training: the one training step and loop in plain torch, and Lightning modules, data and callbacks.
 
-Needs the ``train`` extra (``pip install "equicanon[train]"``); ``import equicanon``
-never imports Lightning, only ``import equicanon.training`` does.
+:func:`step` and :func:`fit` (:mod:`equicanon.training.step`) need only torch. Everything else here
+(:class:`CanonicalizationModule`, the data modules, checkpoints) needs the ``train`` extra
+(``pip install "equicanon[train]"``) and is imported on first use, so ``import equicanon.training``
+never imports Lightning by itself.
 
-    >>> from equicanon.training import CanonicalizationModule
-    >>> module = CanonicalizationModule(model, prior_weight=100.0, val_action=ec.actions.Image(ec.C(4)))
-    >>> lightning.Trainer(max_epochs=10).fit(module, train_loader, val_loader)
+    >>> from equicanon.training import fit, step            # plain torch
+    >>> from equicanon.training import CanonicalizationModule  # Lightning (the train extra)
 
 From the command line (:mod:`equicanon.training.cli`, Lightning's CLI over YAML configs)::
 
@@ -15,31 +16,32 @@ From the command line (:mod:`equicanon.training.cli`, Lightning's CLI over YAML 
 
 from __future__ import annotations
 
-from ..errors import MissingDependencyError
+import importlib
+from typing import Any
 
-try:
-    import lightning  # noqa: F401
-except ImportError as e:
-    raise MissingDependencyError('equicanon.training needs lightning: pip install "equicanon[train]"') from e
+from .step import TRANSFORMS, StepOutput, batches, fit, step
 
-from .checkpoint import (
-    AtomicCheckpointIO,
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    ResumeCheckpoint,
-    load_checkpoint_file,
-)
-from .data import FashionMNISTDataModule, MNISTDataModule, ResumableDataLoader, RotatedImageDataModule, SplitDataModule
-from .image_models import CanonicalizedEfficientNet, ContrastiveCNN, EfficientNetClassifier
-from .models import CanonicalizedCNN, canonicalized_cnn, parse_group
-from .module import TASKS, CanonicalizationModule
-from .nbody import CanonicalizedNBody, NBodyDataModule, NBodyMLP, NBodyTransformer, nbody_predictor
-from .points import CanonicalizedPointNet, PointCloudDataModule
-from .sets import CanonicalizedSetMLP, SetDataModule, SetMLP
+#: Lightning-dependent names and the submodule that defines each
+_LAZY = {
+    "AtomicCheckpointIO": "checkpoint", "CheckpointNotFoundError": "checkpoint", "CorruptCheckpointError": "checkpoint",
+    "ResumeCheckpoint": "checkpoint", "load_checkpoint_file": "checkpoint",
+    "FashionMNISTDataModule": "data", "MNISTDataModule": "data", "ResumableDataLoader": "data",
+    "RotatedImageDataModule": "data", "SplitDataModule": "data",
+    "TASKS": "module", "CanonicalizationModule": "module",
+    "NBodyDataModule": "nbody", "PointCloudDataModule": "points", "SetDataModule": "sets",
+}
 
-__all__ = ["CanonicalizationModule", "TASKS", "SplitDataModule", "RotatedImageDataModule", "FashionMNISTDataModule",
-           "MNISTDataModule", "PointCloudDataModule", "SetDataModule", "CanonicalizedCNN", "CanonicalizedPointNet",
-           "CanonicalizedSetMLP", "SetMLP", "ContrastiveCNN", "CanonicalizedEfficientNet", "EfficientNetClassifier",
-           "canonicalized_cnn", "parse_group", "NBodyDataModule", "CanonicalizedNBody", "NBodyMLP",
-           "NBodyTransformer", "nbody_predictor", "AtomicCheckpointIO", "ResumeCheckpoint",
-           "ResumableDataLoader", "CorruptCheckpointError", "CheckpointNotFoundError", "load_checkpoint_file"]
+__all__ = ["step", "fit", "batches", "StepOutput", "TRANSFORMS", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a Lightning-dependent name on first use, with a clear error when Lightning is missing."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ..errors import MissingDependencyError
+
+    try:
+        import lightning  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f'equicanon.training.{name} needs lightning: pip install "equicanon[train]"') from e
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

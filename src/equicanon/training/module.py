@@ -19,9 +19,9 @@ from torch import nn
 from ..actions import Action, Trivial
 from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
-from ..errors import ConfigError, ShapeError, check_choice, check_number
-from ..groups import MatrixGroup
+from ..errors import ConfigError, check_choice, check_number
 from ..metrics import identity_rate, pose_agreement, pose_error
+from .step import TRANSFORMS, draw_elements, step, task_loss_fn
 
 __all__ = ["CanonicalizationModule", "TASKS"]
 
@@ -59,13 +59,15 @@ class CanonicalizationModule(pl.LightningModule):
             ``ec.actions.Image(ec.C(4))``; default: the canonicalizer's action, and no
             transformed metrics for a plain model.
         val_seed: seed of the group elements drawn in validation.
-        transform_train: move each training batch by random elements ``g`` of the canonicalizer's
-            group (the action of ``val_action``) before the loss; the prior then pulls ``pose(g·x)``
-            towards ``g`` instead of the identity. For upright training data and an exactly equivariant
-            canonicalizer this is the same prior; where equivariance is only approximate (45° steps of
-            C(8), interpolated) it also teaches the poses of the rotated inputs the model will meet.
-            Regression targets move with the model's output action. The elements are drawn from a
-            generator seeded by ``val_seed``, the global step and the rank, so a resumed run draws the same.
+        transform: how training batches are moved before the loss (:func:`equicanon.training.step`):
+            ``"group"`` by random elements ``g`` of the group (of ``val_action``), the prior aimed at ``g``
+            and regression targets moved with the output action; ``"angle"`` by continuous angles (planar
+            groups), the prior aimed at the nearest element; ``None``: as given; ``"auto"`` (default):
+            ``"group"`` for a Canonicalized model, ``None`` for a plain one. For upright training data the
+            moved prior teaches the poses of rotated inputs where equivariance is only approximate (45° steps
+            of C(8)). The elements are drawn from a generator seeded by ``val_seed`` and the global step, for
+            the global batch (each DDP rank keeps its share), so a resumed run and a run on ``n`` processes
+            draw what one uninterrupted process draws.
         pose_atol: entry-wise tolerance of ``pose_agreement`` and ``identity_rate`` for matrix
             poses (continuous groups); for those the module also logs ``{stage}/pose_error_deg``,
             the mean angle between ``pose(g·x)`` and ``g pose(x)`` (:func:`~equicanon.metrics.pose_error`).
@@ -78,7 +80,7 @@ class CanonicalizationModule(pl.LightningModule):
     def __init__(self, model: Canonicalized | nn.Module, *, task: str = "classification", prior_weight: float = 0.0,
                  contrastive_weight: float = 0.0, lr: float = 1e-3, canonicalizer_lr: float | None = None,
                  freeze_predictor: bool = False, freeze_canonicalizer: bool = False,
-                 val_action: Action | None = None, val_seed: int = 0, transform_train: bool = False,
+                 val_action: Action | None = None, val_seed: int = 0, transform: str | None = "auto",
                  pose_atol: float = 1e-6) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -119,12 +121,14 @@ class CanonicalizationModule(pl.LightningModule):
             if canon is not None:
                 canon.check_action(val_action, "val_action")
         self.val_action = val_action
-        if not isinstance(transform_train, bool):
-            raise ConfigError(f"transform_train must be true or false, got {transform_train!r}")
-        if transform_train and val_action is None:
-            raise ConfigError("transform_train needs a group to draw elements from: use a Canonicalized model "
-                              "or pass val_action")
-        self.transform_train = transform_train
+        if transform is not None:
+            check_choice(transform, TRANSFORMS, "transform")
+        if transform == "auto":
+            transform = "group" if canon is not None else None
+        if transform is not None and val_action is None:
+            raise ConfigError(f"transform={transform!r} needs a group to draw elements from: use a Canonicalized "
+                              "model or pass val_action")
+        self.transform = transform
         for part, frozen in ((self.predictor, self.freeze_predictor), (canon, self.freeze_canonicalizer)):
             if frozen and part is not None:
                 part.requires_grad_(False)
@@ -165,7 +169,7 @@ class CanonicalizationModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's prediction for ``x``."""
-        return self.model(x)  # type: ignore[no-any-return]
+        return self.model(x)
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, Canonicalization | None]:
         if isinstance(self.model, Canonicalized):
@@ -175,12 +179,11 @@ class CanonicalizationModule(pl.LightningModule):
 
     def task_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of logits ``(B, K)`` against labels ``(B,)``, or MSE of equal-shaped tensors."""
-        if self.task == "classification":
-            return F.cross_entropy(prediction, target)
-        if prediction.shape != target.shape:
-            raise ShapeError(f"regression: predictions of shape {tuple(prediction.shape)} and targets of shape "
-                             f"{tuple(target.shape)} differ")
-        return F.mse_loss(prediction, target.to(prediction.dtype))
+        return task_loss_fn(self._loss_name)(prediction, target)
+
+    @property
+    def _loss_name(self) -> str:
+        return "cross_entropy" if self.task == "classification" else "mse"
 
     def _score(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
@@ -197,31 +200,23 @@ class CanonicalizationModule(pl.LightningModule):
         """``batch_size`` random elements of ``val_action``'s group, drawn on the CPU from ``seed``."""
         group = self.val_action.group if self.val_action is not None else None
         assert group is not None  # checked in __init__
-        g = group.sample(batch_size, generator=torch.Generator().manual_seed(seed)).to(device)
-        return g.to(dtype) if g.is_floating_point() else g
+        return draw_elements(group, batch_size, torch.Generator().manual_seed(seed), torch.empty(0, device=device, dtype=dtype))
 
     def losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The loss terms of a batch: ``task``, ``prior`` and ``contrastive`` when weighted, and ``loss`` (their sum).
+        """The loss terms of a batch (:func:`equicanon.training.step`): ``task``, ``prior`` and ``contrastive``
+        when weighted, and ``loss`` (their weighted sum, with its graph).
 
-        With ``transform_train``, the batch is first moved by random group elements (see the class docstring).
+        With ``transform``, the batch is first moved by random group elements (see the class docstring).
         """
-        x, y = batch
-        target = None
-        if self.transform_train:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            seed = (self.val_seed * 1_000_003 + self.global_step) * 4_099 + rank + 1
-            target = self._draw(x.shape[0], seed, x.device, x.dtype)
-            x, y = self._move(target, x, y)
-        prediction, res = self._run(x)
-        terms = {"task": self.task_loss(prediction, y)}
-        loss = terms["task"]
-        canon = self.canonicalizer
-        if canon is not None and res is not None:
-            loss, regularizers = canon.add_regularizers(loss, res, prior_weight=self.prior_weight,
-                                                        contrastive_weight=self.contrastive_weight, target=target)
-            terms.update(regularizers)
-        terms["loss"] = loss
-        return terms
+        generator, shard = None, (0, 1)
+        if self.transform is not None:
+            if self._trainer is not None:
+                shard = (self.trainer.global_rank, self.trainer.world_size)
+            generator = torch.Generator().manual_seed((self.val_seed * 1_000_003 + self.global_step) * 4_099 + 1)
+        out = step(self.model, batch, task_loss=self._loss_name, prior_weight=self.prior_weight,
+                   contrastive_weight=self.contrastive_weight, transform=self.transform, action=self.val_action,
+                   generator=generator, shard=shard)
+        return {**out.terms, "loss": out.loss}
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The weighted loss of ``batch = (x, y)``; logs each term under ``train/``."""
@@ -246,7 +241,7 @@ class CanonicalizationModule(pl.LightningModule):
             metrics[f"{stage}/{kind}_transformed"] = self._score(moved_prediction, moved_y)
             if res is not None and moved_res is not None:
                 metrics[f"{stage}/pose_agreement"] = pose_agreement(res, moved_res, g, atol=self.pose_atol)
-                if isinstance(res.group, MatrixGroup):
+                if not res.group.is_finite:
                     metrics[f"{stage}/pose_error_deg"] = pose_error(res, moved_res, g).float()
         for name, value in metrics.items():
             self.log(name, value, sync_dist=True, batch_size=x.shape[0], prog_bar=name.endswith("_transformed"))
