@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ from .errors import (
     check_shape,
     format_shape,
 )
-from .groups import FiniteGroup, Group
+from .groups import FiniteGroup, Group, RigidGroup, as_group
 
 __all__ = ["Canonicalized", "GroupAveraged", "FrameAveraged", "pca_frames"]
 
@@ -48,11 +50,19 @@ class Canonicalized(nn.Module):
             canonicalizer's.
 
     Example:
-        >>> canon = ec.canonicalizers.GroupConv(ec.C(4), in_channels=3)
-        >>> model = Canonicalized(my_cnn, canon)
-        >>> logits = model(images)                      # invariant to C(4)
+        >>> import torch, equicanon as ec
+        >>> canon = ec.canonicalizers.GroupConv(ec.C(4), in_channels=1)
+        >>> model = ec.Canonicalized(ec.models.SmallCNN(classes=10, in_channels=1), canon).eval()
+        >>> images = torch.rand(2, 1, 28, 28)
+        >>> logits = model(images)
+        >>> torch.allclose(model(torch.rot90(images, 1, dims=(-2, -1))), logits, atol=1e-5)  # invariant to C(4)
+        True
         >>> logits, res = model(images, return_canonicalization=True)
-        >>> loss = task_loss(logits, labels) + 100 * canon.prior_loss(res)
+        >>> res.pose.shape  # one element of C(4) per image
+        torch.Size([2])
+
+        To train it, :func:`equicanon.training.step` adds the prior on copies of the batch moved by
+        random group elements to the task loss (:func:`equicanon.training.fit` loops over it).
     """
 
     def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None) -> None:
@@ -83,38 +93,41 @@ class GroupAveraged(nn.Module):
     """``f(x) = mean_k g_k ⋆ p(g_k⁻¹·x)``: the |G|-pass symmetrisation baseline.
 
     All ``|G|`` copies of the batch go through ``predictor`` as one batch of
-    ``B·|G|`` (or in chunks of ``chunk_size`` copies, to bound memory).
+    ``B·|G|`` (or ``elements_per_call`` group elements at a time, ``elements_per_call·B`` copies, to bound memory).
 
     Args:
         predictor: any module.
-        group: a finite group (C(n), D(n)); continuous groups need frame averaging.
+        group: a finite group with indexed elements (C(n), D(n), Octahedral()), or its name (``"C8"``);
+            continuous groups need frame averaging.
         input: how the group acts on inputs; default :class:`~equicanon.actions.Image`.
         output: how it acts on predictions; default :class:`~equicanon.actions.Trivial`
             (invariant logits are averaged); dense outputs are mapped back before averaging.
-        chunk_size: copies per predictor call (``None``: all ``|G|`` at once).
+        elements_per_call: group elements per predictor call, each moving the whole batch
+            (``None``: all ``|G|`` at once).
     """
 
-    def __init__(self, predictor: nn.Module, group: Group, *, input: Action | None = None,
-                 output: Action | None = None, chunk_size: int | None = None) -> None:
+    def __init__(self, predictor: nn.Module, group: Group | str, *, input: Action | None = None,
+                 output: Action | None = None, elements_per_call: int | None = None) -> None:
         super().__init__()
         _check_module(predictor, "predictor")
-        if not isinstance(group, FiniteGroup):
-            raise ConfigError(f"GroupAveraged averages over the elements of a finite group; got {group!r}. "
-                              "For continuous groups use frame averaging or a canonicalizer.")
+        group = as_group(group, where=lambda g: g.is_indexed, what="GroupAveraged: group",
+                         expected="a finite group to average over (C(n), D(n), Octahedral()); for continuous "
+                                  "groups use FrameAveraged or a canonicalizer")
         self.predictor = predictor
-        self.group = group
+        self.group: FiniteGroup = cast(FiniteGroup, group)  # is_indexed: elements 0..|G|-1
         self.input = Image(group) if input is None else input
         self.output = Trivial() if output is None else output
         _check_actions(f"GroupAveraged({group})", group, input=self.input, output=self.output)
-        self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+        self.elements_per_call = (None if elements_per_call is None
+                                  else check_positive_int(elements_per_call, "elements_per_call"))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # a DeviceError / DTypeError for x unlike the parameters
-        return call_with_typed_errors(self, super().__call__, x)  # type: ignore[no-any-return]
+        return call_with_typed_errors(self, super().__call__, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average of the predictor over all transformed copies of ``x: (B, *)``."""
         group, b, n = self.group, x.shape[0], self.group.order
-        step = n if self.chunk_size is None else self.chunk_size
+        step = n if self.elements_per_call is None else self.elements_per_call
         total: torch.Tensor | None = None
         for start in range(0, n, step):
             # only this chunk's copies exist at a time: g_k^-1 x for k in the chunk, element-major
@@ -138,8 +151,6 @@ def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
     when the three eigenvalues are distinct; near-equal eigenvalues make the
     frames, and the averaged prediction, unstable.
     """
-    from .groups import E3, O3
-
     centred = points - points.mean(dim=1, keepdim=True)
     cov = centred.transpose(1, 2) @ centred
     work = cov if cov.dtype in (torch.float32, torch.float64) else cov.float()  # eigh has no float16/bfloat16
@@ -147,7 +158,7 @@ def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
     signs = torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)],
                          dtype=work.dtype, device=points.device)  # (8, 3)
     frames = vecs[:, None] * signs[None, :, None, :]  # (B, 8, 3, 3)
-    if not isinstance(group, (O3, E3)):
+    if not group.has_reflections:
         keep = torch.linalg.det(frames) > 0  # exactly 4 of the 8 per sample
         frames = frames[keep].reshape(points.shape[0], 4, 3, 3)
     return frames.to(points.dtype)
@@ -162,21 +173,20 @@ class FrameAveraged(nn.Module):
 
     Args:
         predictor: any module on point clouds ``(B, N, 3)`` (or particles ``(B, N, 6+k)``).
-        group: SO3(), O3(), SE3() or E3(); rigid groups also centre the points.
+        group: SO3(), O3(), SE3() or E3() (or its name); rigid groups also centre the points.
         input: how the group acts on inputs: :class:`~equicanon.actions.Points` (default)
             or :class:`~equicanon.actions.Particles`.
         output: how it acts on predictions (default :class:`~equicanon.actions.Trivial`).
     """
 
-    def __init__(self, predictor: nn.Module, group: Group, *, input: Action | None = None,
+    def __init__(self, predictor: nn.Module, group: Group | str, *, input: Action | None = None,
                  output: Action | None = None) -> None:
         super().__init__()
         from .actions import Points
-        from .groups import E3, O3, SE3, SO3
 
         _check_module(predictor, "predictor")
-        if not isinstance(group, (SO3, O3, SE3, E3)):
-            raise GroupMismatchError(f"FrameAveraged uses PCA frames of 3-D points: SO3, O3, SE3 or E3, got {group!r}")
+        group = as_group(group, where=lambda g: g.dim == 3 and not g.is_finite, what="FrameAveraged: group",
+                         expected="a continuous 3-D group for PCA frames of points: SO3, O3, SE3 or E3")
         self.predictor = predictor
         self.group = group
         self.input = Points(group) if input is None else input
@@ -184,12 +194,10 @@ class FrameAveraged(nn.Module):
         _check_actions(f"FrameAveraged({group})", group, input=self.input, output=self.output)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # a DeviceError / DTypeError for x unlike the parameters
-        return call_with_typed_errors(self, super().__call__, x)  # type: ignore[no-any-return]
+        return call_with_typed_errors(self, super().__call__, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average of the predictor over the PCA frames of ``x: (B, N, 3 + …)``."""
-        from .groups import RigidGroup
-
         sizes = check_shape(x, "B N F", name="points")
         if sizes["N"] < 1 or sizes["F"] < 3:
             raise ShapeError(f"points: expected (B, N, 3 + k) with N >= 1 points, got shape {format_shape(x.shape)}")
@@ -203,9 +211,9 @@ class FrameAveraged(nn.Module):
                                   "the input holds NaN or Inf") from e
         k = frames.shape[1]
         rot = frames.reshape(b * k, 3, 3)
-        if isinstance(self.group, RigidGroup):
+        if self.group.has_translations:
             centre = positions.mean(dim=1).repeat_interleave(k, dim=0)
-            elements = self.group.from_parts(rot, centre)
+            elements = cast(RigidGroup, self.group).from_parts(rot, centre)
         else:
             elements = rot
         repeated = x.repeat_interleave(k, dim=0)

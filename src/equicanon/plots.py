@@ -4,9 +4,20 @@ metric against the rotation of the input.
 Needs matplotlib (``pip install "equicanon[plot]"``). ``equicanon plot`` draws both from a
 training checkpoint; ``equicanon demo`` uses the same functions.
 
-    >>> plot_canonical_forms(x[:8], model.canonicalizer(x[:8]).canonical, "forms.png")
-    >>> angles, scores = metric_by_angle(model, x, y, ec.actions.Image(ec.SO2()), "classification")
-    >>> plot_metric_by_angle(angles, {"canonicalized": scores}, "accuracy.png", ylabel="accuracy (%)")
+    >>> import tempfile, torch, equicanon as ec
+    >>> from equicanon.plots import metric_by_angle, plot_canonical_forms, plot_metric_by_angle
+    >>> canon = ec.canonicalizers.GroupConv(ec.C(4), in_channels=1)
+    >>> model = ec.Canonicalized(ec.models.SmallCNN(classes=3, width=4), canon).eval()
+    >>> x, y = torch.rand(4, 1, 16, 16), torch.randint(0, 3, (4,))
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> plot_canonical_forms(x, model.canonicalizer(x).canonical, f"{folder.name}/forms.png").name
+    'forms.png'
+    >>> angles, scores = metric_by_angle(model, x, y, ec.actions.Image(ec.SO2()), "classification", angles=8)
+    >>> angles.shape, scores.shape
+    (torch.Size([8]), torch.Size([8]))
+    >>> plot_metric_by_angle(angles, {"canonicalized": scores}, f"{folder.name}/accuracy.png").name
+    'accuracy.png'
+    >>> folder.cleanup()
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,35 +34,36 @@ from torch import nn
 from ._optional import require_matplotlib
 from .actions import Action, Image, Particles, Points
 from .errors import ConfigError, ShapeError, check_choice
-from .groups import SO2, SO3, Group, MatrixGroup, PlanarFiniteGroup, RigidGroup
+from .groups import SO2, SO3, Group
 
 __all__ = ["plot_canonical_forms", "plot_rows", "metric_by_angle", "plot_metric_by_angle", "turn_about_axis"]
 
 
-def _panel(ax: object, sample: torch.Tensor, kind: str) -> None:
+def _panel(ax: Any, sample: torch.Tensor, kind: str) -> None:
+    # ax: a matplotlib Axes, or Axes3D for points (Any: matplotlib is an optional extra, imported when called)
     data = sample.detach().float().cpu()
     if kind == "image":
         picture = data[0] if data.shape[0] == 1 else data[:3].permute(1, 2, 0).clamp(0, 1)
-        ax.imshow(picture.numpy(), cmap="gray")  # type: ignore[attr-defined]
+        ax.imshow(picture.numpy(), cmap="gray")
     elif kind == "points":
         xs, ys, zs = data[:, 0].numpy(), data[:, 1].numpy(), data[:, 2].numpy()
-        ax.scatter(xs, ys, zs, s=3, c=zs, cmap="viridis")  # type: ignore[attr-defined]
-        ax.set_box_aspect((1, 1, 1))  # type: ignore[attr-defined]
+        ax.scatter(xs, ys, zs, s=3, c=zs, cmap="viridis")
+        ax.set_box_aspect((1, 1, 1))
     else:
-        ax.imshow(data.numpy(), cmap="coolwarm", aspect="auto")  # type: ignore[attr-defined]
-    ax.set_xticks([])  # type: ignore[attr-defined]
-    ax.set_yticks([])  # type: ignore[attr-defined]
+        ax.imshow(data.numpy(), cmap="coolwarm", aspect="auto")
+    ax.set_xticks([])
+    ax.set_yticks([])
     if kind == "points":
-        ax.set_zticks([])  # type: ignore[attr-defined]
+        ax.set_zticks([])
 
 
-def _save(plt: object, fig: object, path: str | Path) -> Path:
+def _save(plt: Any, fig: Any, path: str | Path) -> Path:  # matplotlib.pyplot and a Figure
     """Lay out ``fig``, write it to ``path`` as a PNG (creating folders), close it; return the path."""
-    fig.tight_layout()  # type: ignore[attr-defined]
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[attr-defined]
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
@@ -129,13 +142,13 @@ def turn_about_axis(group: Group, degrees: float, batch: int, *, dtype: torch.dt
         ConfigError: ``group`` has no rotations by arbitrary angles (e.g. S(n)).
     """
     angle = torch.full((batch,), math.radians(degrees), dtype=torch.float64)
-    if isinstance(group, PlanarFiniteGroup) or (isinstance(group, MatrixGroup) and group.dim == 2):
+    if group.kind == "planar":
         g = SO2().from_angle(angle)
-    elif isinstance(group, MatrixGroup) and group.dim in (3, 4):
+    elif group.dim == 3 and not group.is_finite:
         c, s = torch.cos(angle), torch.sin(angle)
         g = torch.zeros(batch, 3, 3, dtype=torch.float64)
         g[:, 0, 0], g[:, 0, 1], g[:, 1, 0], g[:, 1, 1], g[:, 2, 2] = c, -s, s, c, 1.0
-        if isinstance(group, RigidGroup):
+        if group.has_translations:
             homogeneous = torch.eye(4, dtype=torch.float64).repeat(batch, 1, 1)
             homogeneous[:, :3, :3] = g
             g = homogeneous
@@ -149,8 +162,8 @@ def _sweep_action(action: Action) -> Action:
     group = action.group
     if isinstance(action, Image):
         return Image(SO2(), padding=action.padding, mode=action.mode)
-    if isinstance(action, (Points, Particles)) and isinstance(group, MatrixGroup):
-        return type(action)(group if isinstance(group, RigidGroup) or group.dim == 3 else SO3())
+    if isinstance(action, (Points, Particles)) and group is not None and not group.is_finite:
+        return type(action)(group if group.dim == 3 else SO3())
     raise ConfigError(f"metric_by_angle turns images and point clouds; got {action!r}")
 
 

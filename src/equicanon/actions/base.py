@@ -7,7 +7,7 @@ import abc
 import torch
 
 from ..errors import DeviceError, GroupMismatchError, ShapeError
-from ..groups import Group
+from ..groups import Group, as_group
 from ..groups.base import draw
 
 __all__ = ["Action", "Trivial"]
@@ -88,8 +88,8 @@ class Pose(Action):
     Poses are equivariant exactly when ``pose(g·x) == Pose(G)(g, pose(x))``.
     """
 
-    def __init__(self, group: Group) -> None:
-        self.group = group
+    def __init__(self, group: Group | str) -> None:
+        self.group = as_group(group, what="Pose")
 
     def __repr__(self) -> str:
         return f"Pose({self.group!r})"

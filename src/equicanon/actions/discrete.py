@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 
-from ..errors import ConfigError, GroupMismatchError, ShapeError, check_shape
-from ..groups import FiniteGroup, Group, S
+from ..errors import ConfigError, ShapeError, check_shape
+from ..groups import FiniteGroup, Group, S, as_group
 from .base import Action, _randn
 
 __all__ = ["Regular", "Set"]
@@ -28,15 +31,14 @@ def _normalise_dim(dim: int, ndim: int, what: str) -> int:
 class _AxisPermutation(Action):
     """An action that permutes one non-batch axis of its input by a per-sample index."""
 
-    _needs: tuple[type, ...] = ()
+    _needs: Callable[[Group], bool] = staticmethod(lambda g: True)  # what the group must be (a capability)
     _needs_text = ""
     _size_text = ""
     _size_letter = ""
 
-    def __init__(self, group: Group, dim: int = 1) -> None:
+    def __init__(self, group: Group | str, dim: int = 1) -> None:
         name = type(self).__name__
-        if not isinstance(group, self._needs):
-            raise GroupMismatchError(f"{name} {self._needs_text}, got {group!r}")
+        group = as_group(group, where=self._needs, expected=self._needs_text, what=name)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
             raise ConfigError(f"{name}: dim must be a non-batch axis (an int other than 0), got {dim!r}")
         self.group = group
@@ -46,7 +48,7 @@ class _AxisPermutation(Action):
         return f"{type(self).__name__}({self.group!r}, dim={self.dim})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and (self.group, self.dim) == (other.group, other.dim)  # type: ignore[attr-defined]
+        return type(other) is type(self) and (self.group, self.dim) == (other.group, other.dim)
 
     def __hash__(self) -> int:
         return hash((type(self), self.group, self.dim))
@@ -80,18 +82,16 @@ class Regular(_AxisPermutation):
         dim: the axis of size ``|G|`` (default 1, as in logits ``(B, |G|)``).
     """
 
-    _needs = (FiniteGroup,)
-    _needs_text = "needs a finite group with indexed elements (C(n), D(n))"
+    _needs = staticmethod(lambda g: g.is_indexed)
+    _needs_text = "a finite group with indexed elements (C(n), D(n), Octahedral())"
     _size_text = "|G|"
     _size_letter = "G"
 
     def _size(self) -> int:
-        assert isinstance(self.group, FiniteGroup)
-        return self.group.order
+        return cast(FiniteGroup, self.group).order
 
     def _index(self, g: torch.Tensor, device: torch.device) -> torch.Tensor:
-        group = self.group
-        assert isinstance(group, FiniteGroup)
+        group = cast(FiniteGroup, self.group)
         # (g·x)[j] = x[g^-1 j]
         return group.compose(group.inverse(g)[:, None], group.elements(device=device)[None, :])
 
@@ -108,17 +108,16 @@ class Set(_AxisPermutation):
         dim: the element axis (default 1).
     """
 
-    _needs = (S,)
-    _needs_text = "acts with a symmetric group S(n)"
+    _needs = staticmethod(lambda g: g.kind == "permutation")
+    _needs_text = "a symmetric group S(n)"
     _size_text = "n"
     _size_letter = "n"
 
     def _size(self) -> int:
-        assert isinstance(self.group, S)
-        return self.group.n
+        return cast(S, self.group).n
 
     def _index(self, g: torch.Tensor, device: torch.device) -> torch.Tensor:
-        assert isinstance(self.group, S)
+        assert self.group is not None
         return self.group.inverse(g)
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,

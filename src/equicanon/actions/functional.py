@@ -21,13 +21,6 @@ PADDINGS = ("zeros", "border", "reflection")
 MODES = ("bilinear", "nearest")
 
 
-def _doubled_coords(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twice the centred coordinates ``(2u, 2v)`` of every pixel, flattened row-major, int64 ``(H*W,)``."""
-    u2 = 2 * torch.arange(w, device=device) - (w - 1)
-    v2 = (h - 1) - 2 * torch.arange(h, device=device)
-    return u2.repeat(h), v2.repeat_interleave(w)
-
-
 def permute_image(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Exactly transform images by signed-permutation matrices (multiples of 90° and flips).
 
@@ -40,14 +33,16 @@ def permute_image(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         ``(B, C, H, W)``: a new tensor; each output pixel is copied from one input pixel.
     """
     b, c, h, w = x.shape
-    m = matrix.long()
-    u2, v2 = _doubled_coords(h, w, x.device)
-    # source point = M^T p
-    src_u = m[:, 0, 0, None] * u2 + m[:, 1, 0, None] * v2
-    src_v = m[:, 0, 1, None] * u2 + m[:, 1, 1, None] * v2
-    col = torch.div(src_u + (w - 1), 2, rounding_mode="floor")
-    row = torch.div((h - 1) - src_v, 2, rounding_mode="floor")
-    index = (row * w + col).expand(b, h * w)
+    m = matrix.long().to(x.device)
+    m00, m01, m10, m11 = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    # The source pixel M^T p of output pixel (i, j) is affine in (i, j): column
+    # m00 j - m10 i + ((W-1)(1-m00) + (H-1) m10) / 2, row m11 i - m01 j + ((H-1)(1-m11) + (W-1) m01) / 2
+    # (exact integers), so its flat index is  di * i + dj * j + start  per sample.
+    di, dj = m11 * w - m10, m00 - m01 * w
+    start = ((h - 1) * (1 - m11) + (w - 1) * m01) // 2 * w + ((w - 1) * (1 - m00) + (h - 1) * m10) // 2
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    index = (di[:, None, None] * rows[:, None] + (dj[:, None] * cols + start[:, None])[:, None, :])
+    index = index.reshape(-1, h * w).expand(b, h * w)
     flat = x.reshape(b, c, h * w)
     return flat.gather(2, index[:, None, :].expand(b, c, h * w)).reshape(b, c, h, w)
 

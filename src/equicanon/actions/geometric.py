@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from ..errors import GroupMismatchError, ShapeError, check_floating, check_shape
-from ..groups import Group, RigidGroup, S
+from ..errors import ShapeError, check_floating, check_shape
+from ..groups import Group, as_group
 from .base import Action, _randn
 
 __all__ = ["Vectors", "Points", "Particles"]
@@ -22,24 +22,27 @@ class Vectors(Action):
 
     shape_spec = "B * d"
 
-    def __init__(self, group: Group) -> None:
-        if isinstance(group, S):
-            raise GroupMismatchError(f"{type(self).__name__} acts with rotation/reflection groups, got {group}; use actions.Set")
-        self.group = group
+    def __init__(self, group: Group | str) -> None:
+        self.group = as_group(group, where=lambda g: g.dim is not None, what=type(self).__name__,
+                              expected="a group of rotations/reflections of the plane or of space (for sets use actions.Set)")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.group!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.group == self.group  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.group == self.group
 
     def __hash__(self) -> int:
         return hash((type(self), self.group))
 
+    @property
+    def _dim(self) -> int:
+        """``d``: the dimension the group acts in (the constructor accepts only groups that have one)."""
+        assert self.group is not None and self.group.dim is not None
+        return self.group.dim
+
     def _check(self, x: torch.Tensor) -> int:
-        assert self.group is not None
-        d = self.group.dim
-        check_shape(x, "* B d", d=d)  # a tensor with at least 2 dims, last of size d
+        check_shape(x, "* B d", d=self._dim)  # a tensor with at least 2 dims, last of size d
         return int(x.shape[0])
 
     def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +55,7 @@ class Vectors(Action):
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        assert self.group is not None
-        return _randn((batch, 5, self.group.dim), generator, dtype, device)
+        return _randn((batch, 5, self._dim), generator, dtype, device)
 
 
 class Points(Vectors):
@@ -64,20 +66,19 @@ class Points(Vectors):
     """
 
     def _check(self, x: torch.Tensor) -> int:
-        assert self.group is not None
-        return check_shape(x, "B N d", d=self.group.dim)["B"]
+        return check_shape(x, "B N d", d=self._dim)["B"]
 
     def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = super().__call__(g, x)
-        if isinstance(self.group, RigidGroup):
+        assert self.group is not None
+        if self.group.has_translations:
             g = self._elements(g, x.shape[0], x.device)
             out = out + self.group.translation(g).to(x.dtype)[:, None, :]
         return out
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        assert self.group is not None
-        return _randn((batch, 16, self.group.dim), generator, dtype, device)
+        return _randn((batch, 16, self._dim), generator, dtype, device)
 
 
 class Particles(Action):
@@ -88,10 +89,9 @@ class Particles(Action):
     rotates velocities without translating them, and leaves the features alone.
     """
 
-    def __init__(self, group: Group) -> None:
-        if getattr(group, "dim", None) != 3 or isinstance(group, S):
-            raise GroupMismatchError(f"Particles acts with a 3-D group (SO3, O3, SE3, E3), got {group!r}")
-        self.group = group
+    def __init__(self, group: Group | str) -> None:
+        self.group = as_group(group, where=lambda g: g.dim == 3, what="Particles",
+                              expected="a 3-D group (SO3, O3, SE3, E3, Octahedral)")
         self._points = Points(group)
         self._vectors = Vectors(group)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DTypeError, GroupMismatchError, check_choice, check_floating, check_shape
-from ..groups import O2, SO2, Group, PlanarFiniteGroup
+from ..errors import DTypeError, check_choice, check_floating, check_shape
+from ..groups import Group, as_group
 from ..groups.base import draw
 from .base import Action, _randn
 from .functional import MODES, PADDINGS, permute_image, require_square, rotate_image
@@ -13,29 +13,37 @@ from .functional import MODES, PADDINGS, permute_image, require_square, rotate_i
 __all__ = ["Image", "Mask"]
 
 
-def _check_planar(group: object, what: str) -> Group:
-    if not isinstance(group, (PlanarFiniteGroup, SO2, O2)):
-        raise GroupMismatchError(f"{what} acts with a planar group (C(n), D(n), SO2() or O2()), got {group!r}")
-    return group
+def _check_planar(group: Group | str, what: str) -> Group:
+    return as_group(group, where=lambda g: g.kind == "planar", what=what,
+                    expected="a planar group (C(n), D(n), SO2() or O2())")
 
 
 def transform_image(group: Group, g: torch.Tensor, x: torch.Tensor, *, mode: str, padding: str) -> torch.Tensor:
     """``g·x`` for images ``x: (B, C, H, W)`` and a planar group element batch ``g`` of size ``B``.
 
-    Elements of C(n)/D(n) whose rotation is a multiple of 90° use exact index
-    operations; every other element is interpolated with ``mode``/``padding``.
+    Elements of finite groups (C(n), D(n)) whose rotation is a multiple of 90° use exact index
+    operations (their matrices hold exactly 0 and ±1); every other element is interpolated with
+    ``mode``/``padding``.
     """
-    if isinstance(group, PlanarFiniteGroup):
-        if group.n % 4 == 0:
-            require_square(x, repr(group))
+    if group.needs_square_images:
+        require_square(x, repr(group))
+    if group.all_quarter_turns:
+        return permute_image(x, group.matrix(g, dtype=torch.float64))
+    if group.is_finite:
         matrix = group.matrix(g, dtype=torch.float64)
-        if group.all_quarter_turns:
-            return permute_image(x, matrix)
-        quarter = group.is_quarter_turn(g)
+        quarter = (matrix == matrix.round()).flatten(1).all(1)  # finite groups' tables are exact at quarter turns
         eye = torch.eye(2, dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
         exact = permute_image(x, torch.where(quarter[:, None, None], matrix, eye))
         if not x.is_floating_point():
-            raise DTypeError(f"{group} rotates by {360 / group.n:g}°, which interpolates; got integer dtype {x.dtype}")
+            raise DTypeError(f"{group} has rotations by other angles than multiples of 90°, which interpolate; "
+                             f"got integer dtype {x.dtype}")
+        if x.device.type == "cpu" and len(quarter) == len(x):
+            # On the CPU reading ``quarter`` costs nothing, so only the other elements are interpolated
+            # (on a GPU that read would wait for the device: there every image is interpolated and picked).
+            rest = (~quarter).nonzero().squeeze(1)
+            if len(rest):
+                exact[rest] = rotate_image(x[rest], matrix[rest], mode=mode, padding=padding)
+            return exact
         return torch.where(quarter[:, None, None, None], exact, rotate_image(x, matrix, mode=mode, padding=padding))
     return rotate_image(x, group.matrix(g), mode=mode, padding=padding)
 
@@ -54,17 +62,18 @@ class Image(Action):
         mode: ``"bilinear"`` (default) or ``"nearest"``.
 
     Example:
-        >>> act = Image(C(4))
+        >>> import torch, equicanon as ec
+        >>> act = Image(ec.C(4))
         >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
         >>> torch.equal(act(torch.tensor([1]), x), torch.rot90(x, 1, dims=(-2, -1)))
         True
     """
 
-    def __init__(self, group: Group, padding: str = "zeros", mode: str = "bilinear") -> None:
+    def __init__(self, group: Group | str, padding: str = "zeros", mode: str = "bilinear") -> None:
         self.group = _check_planar(group, "Image")
         self.padding = check_choice(padding, PADDINGS, "padding")
         self.mode = check_choice(mode, MODES, "mode")
-        self.exact = isinstance(group, PlanarFiniteGroup) and group.all_quarter_turns
+        self.exact = self.group.all_quarter_turns
 
     def __repr__(self) -> str:
         return f"Image({self.group!r}, padding={self.padding!r}, mode={self.mode!r})"
@@ -94,10 +103,10 @@ class Mask(Action):
     (``padding="zeros"``) or the nearest edge label (``"border"``).
     """
 
-    def __init__(self, group: Group, padding: str = "zeros") -> None:
+    def __init__(self, group: Group | str, padding: str = "zeros") -> None:
         self.group = _check_planar(group, "Mask")
         self.padding = check_choice(padding, PADDINGS, "padding")
-        self.exact = isinstance(group, PlanarFiniteGroup) and group.all_quarter_turns
+        self.exact = self.group.all_quarter_turns
 
     def __repr__(self) -> str:
         return f"Mask({self.group!r}, padding={self.padding!r})"

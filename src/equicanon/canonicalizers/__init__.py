@@ -5,7 +5,7 @@ Every canonicalizer is an ``nn.Module`` returning a :class:`Canonicalization`
 registered by name: ``create("group_conv", group=C(8), in_channels=3)``.
 """
 
-from . import backbones, functional
+from . import functional
 from .base import Canonicalization, Canonicalizer, RegistryCase, RegistryEntry, available, create, entry, register
 from .contrastive import Contrastive
 from .image import GroupConv, center_crop_resize
@@ -23,7 +23,6 @@ __all__ = [
     "ParticleVectorNeurons",
     "Sort",
     "available",
-    "backbones",
     "center_crop_resize",
     "create",
     "entry",

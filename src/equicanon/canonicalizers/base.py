@@ -13,7 +13,7 @@ from torch import nn
 from ..actions import Action, Image
 from ..actions.functional import require_square
 from ..errors import ConfigError, DeviceError, DTypeError, GroupMismatchError, ShapeError, format_shape, suggest
-from ..groups import Group, PlanarFiniteGroup
+from ..groups import Group, as_group
 
 __all__ = ["Canonicalization", "Canonicalizer", "RegistryEntry", "RegistryCase", "register", "create", "available", "entry",
            "call_with_typed_errors"]
@@ -64,10 +64,10 @@ class Canonicalizer(nn.Module, abc.ABC):
             raise ShapeError(f"x: expected non-empty samples (every dimension but the batch >= 1), "
                              f"got shape {format_shape(x.shape)}")
         group = getattr(self.action, "group", None)
-        if isinstance(self.action, Image) and isinstance(group, PlanarFiniteGroup) and group.n % 4 == 0 \
+        if isinstance(self.action, Image) and group is not None and group.needs_square_images \
                 and isinstance(x, torch.Tensor) and x.ndim >= 2:
             require_square(x, repr(group))  # before any network sees a (cropped) view of a non-square image
-        return call_with_typed_errors(self, super().__call__, x)  # type: ignore[no-any-return]
+        return call_with_typed_errors(self, super().__call__, x)
 
     @abc.abstractmethod
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -196,5 +196,17 @@ def entry(name: str) -> RegistryEntry:
 
 
 def create(name: str, **kwargs: Any) -> Canonicalizer:
-    """Build a registered canonicalizer by name: ``create("group_conv", group=C(8), in_channels=3)``."""
+    """Build a registered canonicalizer by name: ``create("group_conv", group="C8", in_channels=3)``.
+
+    The one way to build by name (configs, the command line, :func:`~equicanon.adapt_pretrained` and the
+    experiments use it or the same constructor by ``class_path``): ``create(name, **kwargs)`` is the class's
+    constructor, whose defaults are the only ones. ``group`` may be a group or a name (``"C8"``, ``"SO3"``).
+
+    Example:
+        >>> canon = create("group_conv", group="C4", in_channels=3)
+        >>> canon.group, type(canon).__name__
+        (C(4), 'GroupConv')
+    """
+    if isinstance(kwargs.get("group"), str):
+        kwargs["group"] = as_group(kwargs["group"])
     return entry(name).cls(**kwargs)

@@ -16,7 +16,8 @@ identity the pose of upright training data.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,6 @@ from ..actions import Action, Image, Points
 from ..errors import (
     ConfigError,
     DTypeError,
-    GroupMismatchError,
     InputValueError,
     ShapeError,
     check_floating,
@@ -35,15 +35,15 @@ from ..errors import (
     format_shape,
     suggest,
 )
-from ..groups import C, D, FiniteGroup, Group, Octahedral, PlanarFiniteGroup
-from .backbones import PointMLP, SmallCNN, efficientnet_lite0
+from ..groups import C, D, FiniteGroup, Group, Octahedral, as_group
+from ..models import ConvEncoder, PointEncoder
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy
 from .image import center_crop_resize
 
 __all__ = ["Contrastive", "seeded_reference", "contrastive_similarity_loss"]
 
-NETWORKS = ("small_cnn", "point_mlp", "efficientnet_lite0")
+NETWORKS = ("conv_encoder", "point_encoder", "efficientnet_lite0")
 
 
 def seeded_reference(size: int, seed: int = 0, *, dtype: torch.dtype | None = None,
@@ -72,10 +72,10 @@ def contrastive_similarity_loss(embeddings: torch.Tensor) -> torch.Tensor:
     return cos.abs()[:, off].mean()
 
 
-def _default_action(group: FiniteGroup, padding: str) -> Action:
-    if isinstance(group, PlanarFiniteGroup):
+def _default_action(group: Group, padding: str) -> Action:
+    if group.kind == "planar":
         return Image(group, padding=padding)
-    if getattr(group, "dim", None) == 3:
+    if group.dim == 3:
         return Points(group)
     raise ConfigError(f"Contrastive: no default action for {group!r}; pass action= (how the group acts on your inputs)")
 
@@ -90,7 +90,7 @@ class Contrastive(Canonicalizer):
     """EquiOptAdapt: canonicalization by *any* network that scores every transformed copy of the input.
 
     All ``|G|`` copies ``g_k⁻¹·x`` of the batch go through ``network`` as one batch of
-    ``B·|G|`` (or ``chunk_size`` inputs, i.e. ``chunk_size·|G|`` copies, at a time), their
+    ``B·|G|`` (or ``inputs_per_call`` inputs, i.e. ``inputs_per_call·|G|`` copies, at a time), their
     features are optionally projected to ``embed_dim``, and each copy is scored by its
     cosine similarity with a fixed reference vector ``r``. The pose is the argmax; in
     training the canonical form passes straight-through gradients (forward: the hard
@@ -98,14 +98,15 @@ class Contrastive(Canonicalizer):
     computed for scoring), so task losses reach ``network``.
 
     Args:
-        group: a finite group: ``C(n)``, ``D(n)`` (images or planar points), ``Octahedral()``
-            (3-D points), or any :class:`~equicanon.groups.FiniteGroup` with an ``action``.
+        group: a finite group with indexed elements, or its name (``"C8"``): ``C(n)``, ``D(n)``
+            (images or planar points), ``Octahedral()`` (3-D points), or any other with an ``action``.
         network: ``φ``, any ``nn.Module`` from a batch of ``N`` inputs to features ``(N, d)`` or
             ``(N, d, ...)`` (averaged over the trailing axes: feature maps are pooled). A name:
-            ``"small_cnn"`` (:class:`~equicanon.canonicalizers.backbones.SmallCNN`, needs
-            ``in_channels``), ``"point_mlp"``, ``"efficientnet_lite0"`` (ImageNet-pretrained,
-            offline). ``None``: ``"small_cnn"`` for images, ``"point_mlp"`` for points.
-        in_channels: image channels; checked on every input, and needed by ``"small_cnn"``.
+            ``"conv_encoder"`` (:class:`~equicanon.models.ConvEncoder`, needs ``in_channels``),
+            ``"point_encoder"`` (:class:`~equicanon.models.PointEncoder`), ``"efficientnet_lite0"``
+            (ImageNet-pretrained, offline). ``None``: ``"conv_encoder"`` for images,
+            ``"point_encoder"`` for points.
+        in_channels: image channels; checked on every input, and needed by ``"conv_encoder"``.
         embed_dim: if set, a trainable linear layer projects the features to ``embed_dim``.
         feature_dim: ``d``, the size of the network's features; read from ``network.out_dim``
             when present, otherwise found on the first call (the projection is then a
@@ -113,10 +114,10 @@ class Contrastive(Canonicalizer):
         reference: a fixed ``(embed_dim or d,)`` vector ``r`` to score against; by default
             :func:`seeded_reference` with ``seed``. Either way a non-trainable buffer in the state dict.
         seed: seed of the default reference.
-        temperature: ``τ``; the logits are ``s / τ`` (``s`` the cosine scores in ``[-1, 1]``).
-            The prior and the straight-through softmax use these logits.
-        chunk_size: how many inputs' copies go through ``network`` per call (``None``: all).
-            Chunks hold all ``|G|`` copies of each input, so a chunk is closed under the group.
+        logit_scale: the logits are ``logit_scale · s`` (``s`` the cosine scores in ``[-1, 1]``; the
+            paper's ``1/τ``, default 10 = ``τ`` 0.1). The prior and the straight-through softmax use these logits.
+        inputs_per_call: how many inputs' copies go through ``network`` per call (``None``: all).
+            A call holds all ``|G|`` copies of each of its inputs, so it is closed under the group.
         action: how the group acts on inputs; default ``Image(group)`` for planar groups,
             ``Points(group)`` for 3-D groups.
         crop, resize: images only: the network sees the centre ``crop`` fraction shrunk to at most
@@ -124,7 +125,7 @@ class Contrastive(Canonicalizer):
             canonical form is the whole input.
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
 
-    Result: ``logits = s / τ`` ``(B, |G|)``; ``extras["scores"]`` = ``s`` ``(B, |G|)``;
+    Result: ``logits = logit_scale · s`` ``(B, |G|)``; ``extras["scores"]`` = ``s`` ``(B, |G|)``;
     ``extras["embeddings"]`` = the copies' (projected) features ``(B, |G|, d)``, entry ``k``
     for ``g_k⁻¹·x``.
 
@@ -141,23 +142,24 @@ class Contrastive(Canonicalizer):
     invariant, the pose is then only determined up to the input's stabiliser.
 
     Example:
-        >>> canon = Contrastive(C(4), SmallCNN(3), embed_dim=32)
+        >>> canon = Contrastive(C(4), ConvEncoder(3), embed_dim=32)
         >>> res = canon(torch.randn(2, 3, 29, 29))
         >>> res.pose.shape, res.logits.shape, res.extras["embeddings"].shape
         (torch.Size([2]), torch.Size([2, 4]), torch.Size([2, 4, 32]))
         >>> loss = canon.prior_loss(res) + 0.1 * canon.contrastive_loss(res)
     """
 
-    def __init__(self, group: Group, network: nn.Module | str | None = None, *, in_channels: int | None = None,
+    reference: torch.Tensor  # a buffer: (d,), or empty until the first call draws it
+
+    def __init__(self, group: Group | str, network: nn.Module | str | None = None, *, in_channels: int | None = None,
                  embed_dim: int | None = None, feature_dim: int | None = None, reference: torch.Tensor | None = None,
-                 seed: int = 0, temperature: float = 0.1, chunk_size: int | None = None, action: Action | None = None,
-                 crop: float | None = None, resize: int | None = None, padding: str = "zeros") -> None:
+                 seed: int = 0, logit_scale: float = 10.0, inputs_per_call: int | None = None,
+                 action: Action | None = None, crop: float | None = None, resize: int | None = None,
+                 padding: str = "zeros") -> None:
         super().__init__()
-        if not isinstance(group, FiniteGroup):
-            raise GroupMismatchError(
-                f"Contrastive scores every element of a finite group (C(n), D(n), Octahedral(), ...), got {group!r}"
-            )
-        self.group = group
+        group = as_group(group, where=lambda g: g.is_indexed, what="Contrastive: group",
+                         expected="a finite group whose elements it can score one by one (C(n), D(n), Octahedral(), ...)")
+        self.group: FiniteGroup = cast(FiniteGroup, group)  # is_indexed: elements 0..|G|-1, one logit each
         if action is None:
             action = _default_action(group, padding)
         elif not isinstance(action, Action):
@@ -172,8 +174,8 @@ class Contrastive(Canonicalizer):
             raise ConfigError(f"crop must be a fraction in (0, 1], got {crop!r}")
         self.crop = None if crop is None else float(crop)
         self.resize = None if resize is None else check_positive_int(resize, "resize")
-        self.temperature = _number(temperature, "temperature")
-        self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+        self.logit_scale = _number(logit_scale, "logit_scale")
+        self.inputs_per_call = None if inputs_per_call is None else check_positive_int(inputs_per_call, "inputs_per_call")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
@@ -196,18 +198,21 @@ class Contrastive(Canonicalizer):
 
     def _build_network(self, network: nn.Module | str | None) -> nn.Module:
         if network is None:
-            network = "small_cnn" if self.is_image else "point_mlp"
+            network = "conv_encoder" if self.is_image else "point_encoder"
         if isinstance(network, str):
-            if network == "small_cnn":
+            if network == "conv_encoder":
                 if self.in_channels is None:
-                    raise ConfigError("Contrastive: the default network 'small_cnn' needs in_channels=; or pass network=")
-                return SmallCNN(self.in_channels)
-            if network == "point_mlp":
+                    raise ConfigError("Contrastive: the default network 'conv_encoder' needs in_channels=; or pass network=")
+                return ConvEncoder(self.in_channels)
+            if network == "point_encoder":
                 dim = getattr(self.group, "dim", None)
                 if not isinstance(dim, int):
-                    raise ConfigError(f"Contrastive: 'point_mlp' needs a group with a coordinate dimension, got {self.group!r}")
-                return PointMLP(dim)
+                    raise ConfigError(f"Contrastive: 'point_encoder' needs a group with a coordinate dimension, "
+                                      f"got {self.group!r}")
+                return PointEncoder(dim)
             if network == "efficientnet_lite0":
+                from ..models import efficientnet_lite0  # an optional extra, loaded on first use
+
                 return efficientnet_lite0(pretrained=True).eval()
             raise ConfigError(f"unknown network {network!r}; names: {', '.join(NETWORKS)}{suggest(network, NETWORKS)}")
         if not isinstance(network, nn.Module):
@@ -242,11 +247,11 @@ class Contrastive(Canonicalizer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        parts = [f"group={self.group!r}", f"action={self.action!r}", f"temperature={self.temperature:g}"]
+        parts = [f"group={self.group!r}", f"action={self.action!r}", f"logit_scale={self.logit_scale:g}"]
         if self.embed_dim is not None:
             parts.append(f"embed_dim={self.embed_dim}")
-        if self.chunk_size is not None:
-            parts.append(f"chunk_size={self.chunk_size}")
+        if self.inputs_per_call is not None:
+            parts.append(f"inputs_per_call={self.inputs_per_call}")
         return ", ".join(parts)
 
     # --- forward ----------------------------------------------------------------------------------------------
@@ -268,9 +273,10 @@ class Contrastive(Canonicalizer):
         return out
 
     def embed(self, copies: torch.Tensor) -> torch.Tensor:
-        """Embeddings ``(B, K, d)`` of copies ``(B, K, *)``: ``φ`` (then the projection) on all of them, in chunks of inputs."""
+        """Embeddings ``(B, K, d)`` of copies ``(B, K, *)``: ``φ`` (then the projection) on all of them,
+        ``inputs_per_call`` inputs (all their ``K`` copies) per call."""
         b, k = copies.shape[:2]
-        step = max(b, 1) if self.chunk_size is None else self.chunk_size
+        step = max(b, 1) if self.inputs_per_call is None else self.inputs_per_call
         chunks = [copies[i:i + step].flatten(0, 1) for i in range(0, b, step)] or [copies.flatten(0, 1)]
         feats = torch.cat([self._features(chunk) for chunk in chunks])
         if self.projection is not None:
@@ -295,7 +301,10 @@ class Contrastive(Canonicalizer):
     def forward(self, x: torch.Tensor) -> Canonicalization:
         """Canonicalize ``x`` (images ``(B, C, H, W)``, point clouds ``(B, N, d)``, or what ``action`` takes)."""
         if self.is_image:
-            check_shape(x, "B C H W", **({"C": self.in_channels} if self.in_channels is not None else {}))
+            if self.in_channels is None:
+                check_shape(x, "B C H W")
+            else:
+                check_shape(x, "B C H W", C=self.in_channels)
         elif not isinstance(x, torch.Tensor):
             raise DTypeError(f"x: expected a tensor, got {type(x).__name__}")
         check_floating(x)
@@ -309,7 +318,7 @@ class Contrastive(Canonicalizer):
             view = copies = all_transforms(self.group, self.action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
         embeddings = self.embed(view)
         s = self.scores(embeddings)
-        logits = s / self.temperature
+        logits = s * self.logit_scale
         canonical, pose = discrete_canonicalize(x, logits, self.group, self.action, temperature=1.0,
                                                 copies=copies)
         return Canonicalization(canonical, pose, self.group, logits=logits,
@@ -318,7 +327,7 @@ class Contrastive(Canonicalizer):
     # --- losses -----------------------------------------------------------------------------------------------
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy of the logits ``s/τ`` against the identity (index 0; ``target`` ``(B,)`` indices instead)."""
+        """Cross-entropy of the logits ``logit_scale · s`` against the identity (index 0; ``target`` ``(B,)`` indices instead)."""
         if result.logits is None:
             raise ConfigError("prior_loss needs a result with logits (from a discrete canonicalizer)")
         return identity_cross_entropy(result.logits, target)
@@ -334,20 +343,21 @@ class Contrastive(Canonicalizer):
         return contrastive_similarity_loss(emb)
 
 
+def _with_conv_encoder(group: Group) -> Contrastive:
+    return Contrastive(group, ConvEncoder(3, out_dim=16, hidden=4))
+
+
 def _cases() -> list[RegistryCase]:
     image = (2, 3, "size", "size")
-    cases = [
-        RegistryCase(f"{g} small_cnn", lambda g=g: Contrastive(g, SmallCNN(3, out_dim=16, hidden=4)), image)
-        for g in (C(4), D(4))
-    ]
-    cases.append(RegistryCase("D(4) embed_dim+chunks", lambda: Contrastive(D(4), SmallCNN(3, out_dim=16, hidden=4),
-                                                                          embed_dim=8, chunk_size=1), image))
-    cases.append(RegistryCase("C(4) crop+resize", lambda: Contrastive(C(4), SmallCNN(3, out_dim=16, hidden=4),
+    cases = [RegistryCase(f"{g} conv_encoder", partial(_with_conv_encoder, g), image) for g in (C(4), D(4))]
+    cases.append(RegistryCase("D(4) embed_dim+chunks", lambda: Contrastive(D(4), ConvEncoder(3, out_dim=16, hidden=4),
+                                                                          embed_dim=8, inputs_per_call=1), image))
+    cases.append(RegistryCase("C(4) crop+resize", lambda: Contrastive(C(4), ConvEncoder(3, out_dim=16, hidden=4),
                                                                       crop=0.8, resize=15), image))
-    cases.append(RegistryCase("C(8) small_cnn", lambda: Contrastive(C(8), SmallCNN(3, out_dim=16, hidden=4)), image,
+    cases.append(RegistryCase("C(8) conv_encoder", lambda: Contrastive(C(8), ConvEncoder(3, out_dim=16, hidden=4)), image,
                               exact=False))
-    cases.append(RegistryCase("Octahedral point_mlp", lambda: Contrastive(Octahedral(), PointMLP(3, out_dim=16, hidden=16)),
-                              (2, 12, 3)))
+    cases.append(RegistryCase("Octahedral point_encoder",
+                              lambda: Contrastive(Octahedral(), PointEncoder(3, out_dim=16, hidden=16)), (2, 12, 3)))
     return cases
 
 

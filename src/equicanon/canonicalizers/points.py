@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import cast
+
 import torch
 from torch import nn
 
 from ..actions import Particles, Points
-from ..errors import ConfigError, GroupMismatchError, check_floating, check_positive_int, check_shape
-from ..groups import E3, O3, SE3, SO3, Group, RigidGroup
+from ..errors import ConfigError, check_floating, check_positive_int, check_shape
+from ..groups import E3, O3, SE3, SO3, Group, RigidGroup, as_group
 from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import gram_schmidt, matrix_prior
@@ -52,7 +55,7 @@ class VectorNeurons(Canonicalizer):
     form is ``Rᵀ x_i`` for every point, in the input's order.
 
     Args:
-        group: ``SO3()`` or ``O3()``.
+        group: ``SO3()`` or ``O3()``, or its name (``"SO3"``, ``"O3"``).
         hidden: vector channels.
         layers: VN blocks after the edge layer.
         k: neighbours of the edge layer (capped at ``N``).
@@ -60,16 +63,15 @@ class VectorNeurons(Canonicalizer):
         eps: Gram–Schmidt's regulariser: collinear outputs give finite poses and gradients.
     """
 
-    def __init__(self, group: Group, *, hidden: int = 32, layers: int = 2, k: int = 16, batch_norm: bool = True,
+    def __init__(self, group: Group | str, *, hidden: int = 32, layers: int = 2, k: int = 16, batch_norm: bool = True,
                  eps: float = 1e-6) -> None:
         super().__init__()
-        if not isinstance(group, (SO3, O3)):
-            raise GroupMismatchError(f"VectorNeurons canonicalizes point clouds under SO3() or O3(), got {group!r}")
-        self.group = group
+        self.group = group = as_group(group, where=lambda g: g.kind == "spatial" and not g.is_finite,
+                                      expected="SO3() or O3()", what="VectorNeurons: group")
         self.action = Points(group)
         check_positive_int(hidden, "hidden")
         check_positive_int(layers, "layers", minimum=0)
-        special = isinstance(group, SO3)
+        special = not group.has_reflections
         self.edge = VNEdgeConv(hidden, k=k, cross=special)
         self.trunk = _vn_trunk(hidden, hidden, layers, batch_norm)
         self.pool = VNMeanPool()
@@ -100,24 +102,24 @@ class ParticleVectorNeurons(Canonicalizer):
     features unchanged.
 
     Args:
-        group: ``SE3()`` (rotations + translations) or ``E3()`` (also reflections).
+        group: ``SE3()`` (rotations + translations) or ``E3()`` (also reflections), or its name.
         features: number ``k`` of invariant feature columns after the velocities.
         hidden, layers, batch_norm, eps: as in :class:`VectorNeurons`.
     """
 
-    def __init__(self, group: Group, features: int = 1, *, hidden: int = 32, layers: int = 2,
+    def __init__(self, group: Group | str, features: int = 1, *, hidden: int = 32, layers: int = 2,
                  batch_norm: bool = True, eps: float = 1e-6) -> None:
         super().__init__()
-        if not isinstance(group, (SE3, E3)):
-            raise GroupMismatchError(f"ParticleVectorNeurons canonicalizes under SE3() or E3(), got {group!r}")
+        rigid = as_group(group, where=lambda g: g.kind == "rigid", expected="SE3() or E3()",
+                         what="ParticleVectorNeurons: group")
         if isinstance(features, bool) or not isinstance(features, int) or features < 0:
             raise ConfigError(f"features must be an integer >= 0, got {features!r}")
-        self.group: RigidGroup = group
-        self.action = Particles(group)
+        self.group: RigidGroup = cast(RigidGroup, rigid)  # kind "rigid": homogeneous elements, from_parts
+        self.action = Particles(rigid)
         self.features = features
         self.trunk = _vn_trunk(2 * (1 + features), hidden, layers, batch_norm)
         self.pool = VNMeanPool()
-        self.head = _FrameHead(hidden, isinstance(group, SE3), eps)
+        self.head = _FrameHead(hidden, not rigid.has_reflections, eps)
 
     def forward(self, x: torch.Tensor) -> Canonicalization:
         """Canonicalize particles ``x: (B, N, 6 + features)``."""
@@ -145,14 +147,14 @@ class ParticleVectorNeurons(Canonicalizer):
 
 def _point_cases() -> list[RegistryCase]:
     return [
-        RegistryCase(f"{g}", lambda g=g: VectorNeurons(g, hidden=8, layers=1, k=4), (2, 12, 3), exact=False)
+        RegistryCase(f"{g}", partial(VectorNeurons, g, hidden=8, layers=1, k=4), (2, 12, 3), exact=False)
         for g in (SO3(), O3())
     ]
 
 
 def _particle_cases() -> list[RegistryCase]:
     return [
-        RegistryCase(f"{g}", lambda g=g: ParticleVectorNeurons(g, features=1, hidden=8, layers=2), (2, 5, 7),
+        RegistryCase(f"{g}", partial(ParticleVectorNeurons, g, features=1, hidden=8, layers=2), (2, 5, 7),
                      exact=False)
         for g in (SE3(), E3())
     ]

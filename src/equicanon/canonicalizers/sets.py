@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import cast
+
 import torch
 
 from ..actions import Set
-from ..errors import ConfigError, GroupMismatchError, ShapeError, check_floating, check_positive_int
-from ..groups import Group, S
+from ..errors import ConfigError, ShapeError, check_floating, check_positive_int
+from ..groups import Group, S, as_group
 from ..nn.sets import DeepSetsScorer
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import straight_through
@@ -35,17 +38,16 @@ class Sort(Canonicalizer):
     gradients through a SoftSort relaxation with ``temperature``.
 
     Args:
-        group: ``S(n)``.
+        group: ``S(n)``, or its name (``"S5"``).
         in_features: ``F``, features per element.
         hidden, layers: width and depth of the DeepSets scorer.
         temperature: SoftSort temperature of the backward pass.
     """
 
-    def __init__(self, group: Group, in_features: int, *, hidden: int = 32, layers: int = 2,
+    def __init__(self, group: Group | str, in_features: int, *, hidden: int = 32, layers: int = 2,
                  temperature: float = 0.1) -> None:
         super().__init__()
-        if not isinstance(group, S):
-            raise GroupMismatchError(f"Sort canonicalizes sets under S(n), got {group!r}")
+        group = as_group(group, where=lambda g: g.kind == "permutation", expected="S(n)", what="Sort: group")
         if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
         self.group = group
@@ -56,9 +58,9 @@ class Sort(Canonicalizer):
 
     def forward(self, x: torch.Tensor) -> Canonicalization:
         """Canonicalize sets ``x: (B, n, F)``."""
-        assert isinstance(self.group, S)
-        if x.ndim != 3 or x.shape[1:] != (self.group.n, self.in_features):
-            raise ShapeError(f"sets: expected (B, {self.group.n}, {self.in_features}), got shape {tuple(x.shape)}")
+        n = cast(S, self.group).n
+        if x.ndim != 3 or x.shape[1:] != (n, self.in_features):
+            raise ShapeError(f"sets: expected (B, {n}, {self.in_features}), got shape {tuple(x.shape)}")
         check_floating(x, "sets")
         scores = self.scorer(x)  # (B, n)
         pose = scores.argsort(dim=-1, stable=True)
@@ -78,7 +80,7 @@ class Sort(Canonicalizer):
 
 
 def _cases() -> list[RegistryCase]:
-    return [RegistryCase(f"S({n})", lambda n=n: Sort(S(n), 3, hidden=8), (2, n, 3)) for n in (1, 5, 7)]
+    return [RegistryCase(f"S({n})", partial(Sort, S(n), 3, hidden=8), (2, n, 3)) for n in (1, 5, 7)]
 
 
 register("sort", _cases)(Sort)

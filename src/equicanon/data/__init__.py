@@ -3,7 +3,9 @@
 - :func:`load_fashion_mnist`, :func:`load_mnist` — images from installed packages or folders;
 - :func:`make_pointclouds` — procedural shapes (10 classes), randomly rotated;
 - :func:`make_nbody` — charged-particle systems (EGNN's n-body task) from a seeded simulator;
-- :func:`make_set_task` — sets of noisy digits labelled by an order statistic (for S(n)).
+- :func:`make_set_task` — sets of noisy digits labelled by an order statistic (for S(n));
+- :func:`load_photos`, :func:`random_crops` — scikit-image's bundled photos, crops masked to a disk;
+- :func:`load_fashion_mnist_segmentation` — Fashion-MNIST items padded, labelled per pixel by thresholding.
 """
 
 from .mnist import FASHION_MNIST_CLASSES, CorruptDataError, DataNotFoundError, load_fashion_mnist
@@ -17,10 +19,15 @@ from .nbody import (
     nbody_baselines,
     simulate_charged,
 )
+from .photos import ColorJitter, disk_mask, load_photos, random_crops
 from .pointclouds import POINTCLOUD_CLASSES, make_pointclouds, rotate_clouds
+from .rotate import rotation_group
+from .segmentation import SEGMENTATION_CLASSES, load_fashion_mnist_segmentation, pad_images, segmentation_labels
 from .sets import SET_TARGETS, decode_digits, encode_digits, make_set_task, set_target
 
 __all__ = ["FASHION_MNIST_CLASSES", "CorruptDataError", "DataNotFoundError", "load_fashion_mnist", "load_mnist",
            "POINTCLOUD_CLASSES", "make_pointclouds", "rotate_clouds", "SET_TARGETS", "make_set_task", "set_target",
            "encode_digits", "decode_digits", "make_nbody", "simulate_charged", "integrate_charged", "coulomb_forces",
-           "charged_energy", "nbody_baselines", "ChargedTrajectories"]
+           "charged_energy", "nbody_baselines", "ChargedTrajectories", "load_photos", "disk_mask", "random_crops",
+           "ColorJitter", "SEGMENTATION_CLASSES", "load_fashion_mnist_segmentation", "pad_images", "segmentation_labels",
+           "rotation_group"]

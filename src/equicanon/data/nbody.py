@@ -26,7 +26,7 @@ and time-reversible, so total momentum is conserved to rounding and energy to ``
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -203,7 +203,7 @@ def simulate_charged(n_systems: int, particles: int = 5, steps: int = 1000, *, g
 
 
 def make_nbody(n: int, *, generator: torch.Generator, particles: int = 5, horizon: int = 1000, dt: float = 0.001,
-               burn_in: int = 3000, **simulation: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+               burn_in: int = 3000, **simulation: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Examples of the n-body regression task: the state now → positions ``horizon`` steps later.
 
     As EGNN (``nbody_small``: frame 30 → 40, a frame every 100 steps), the input state is taken
@@ -228,7 +228,7 @@ def make_nbody(n: int, *, generator: torch.Generator, particles: int = 5, horizo
     burn_in = check_positive_int(burn_in, "burn_in", minimum=0)
     every = math.gcd(burn_in, horizon)
     traj = simulate_charged(n, particles, burn_in + horizon, generator=generator, sample_every=every, dt=dt,
-                            **simulation)  # type: ignore[arg-type]
+                            **simulation)
     start = burn_in // every
     x = torch.cat([traj.positions[:, start], traj.velocities[:, start], traj.charges[..., None]], dim=-1)
     return x.float(), traj.positions[:, -1].float()

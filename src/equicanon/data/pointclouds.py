@@ -5,7 +5,7 @@ parameters, so a class has to be told from its shape, not its scale:
 
     >>> gen = torch.Generator().manual_seed(0)
     >>> x, y = make_pointclouds(64, 128, generator=gen)          # (64, 128, 3) float32, (64,) int64
-    >>> upright, _ = make_pointclouds(64, 128, generator=torch.Generator().manual_seed(0), rotate="none")
+    >>> upright, _ = make_pointclouds(64, 128, generator=torch.Generator().manual_seed(0), rotate=None)
 
 With the same seed, ``x`` is ``upright`` moved by one uniformly random rotation per cloud:
 the rotations are drawn after the shapes.
@@ -20,11 +20,16 @@ import torch
 
 from ..actions import Points
 from ..errors import ConfigError, check_choice, check_number, check_positive_int
-from ..groups import O3, SO2, SO3
+from ..groups import O3, SO2, Group
+from .rotate import rotation_group
 
-__all__ = ["POINTCLOUD_CLASSES", "POINTCLOUD_ROTATIONS", "make_pointclouds", "random_rotations", "rotate_clouds", "check_classes"]
+__all__ = ["POINTCLOUD_CLASSES", "POINTCLOUD_ROTATIONS", "make_pointclouds", "random_rotations", "rotate_clouds",
+           "cloud_rotations", "check_classes"]
 
-POINTCLOUD_ROTATIONS = ("so3", "o3", "z", "none")
+#: the ``rotate`` values of point clouds, besides ``None`` (upright): group names
+POINTCLOUD_ROTATIONS = ("SO3", "O3", "SO2", "Octahedral")
+_ROTATIONS_TEXT = ("'SO3' (uniform rotations), 'O3' (rotations and reflections), 'SO2' (rotations about the z axis), "
+                   "'Octahedral' (the cube's 24 rotations) or null (upright)")
 
 _Sampler = Callable[[torch.Generator, int, int], torch.Tensor]
 _F64 = torch.float64
@@ -187,47 +192,60 @@ def check_classes(classes: Sequence[str] | None) -> tuple[str, ...]:
     return names
 
 
-def random_rotations(n: int, rotate: str, *, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """``n`` random orthogonal matrices ``(n, 3, 3)`` float64 for ``rotate`` (``None`` for ``"none"``).
+def cloud_rotations(rotate: Group | str | None) -> Group | None:
+    """The group of the ``rotate`` setting of point clouds (see :data:`POINTCLOUD_ROTATIONS`), ``None`` for upright.
 
-    ``"so3"``: Haar-uniform rotations (:meth:`SO3.sample <equicanon.groups.SO3.sample>`);
-    ``"o3"``: rotations times a random sign (reflections half the time); ``"z"``: uniform
-    rotations about the z axis.
+    Raises:
+        ConfigError: an old spelling (``"so3"`` and ``"o3"`` still read as ``"SO3"`` / ``"O3"``; ``"z"``
+            is now ``"SO2"``, ``"none"`` is ``None``) or a group that does not rotate 3-D points.
     """
-    check_choice(rotate, POINTCLOUD_ROTATIONS, "rotate")
-    if rotate == "none":
+    return rotation_group(rotate, where=lambda g: g.kind == "spatial" or g == SO2(), expected=_ROTATIONS_TEXT,
+                          retired={"z": "'SO2' (rotations about the z axis)", "none": "null (None: upright clouds)"})
+
+
+def random_rotations(n: int, rotate: Group | str | None, *,
+                     generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """``n`` random orthogonal matrices ``(n, 3, 3)`` float64 for ``rotate`` (``None`` for upright clouds).
+
+    ``"SO3"``: Haar-uniform rotations (:meth:`SO3.sample <equicanon.groups.SO3.sample>`);
+    ``"O3"``: rotations times a random sign (reflections half the time); ``"SO2"``: uniform
+    rotations about the z axis; ``"Octahedral"``: the 24 rotations of the cube.
+    """
+    group = cloud_rotations(rotate)
+    if group is None:
         return None
-    if rotate == "so3":
-        return SO3().sample(n, generator=generator, dtype=_F64)
-    if rotate == "o3":
-        return O3().sample(n, generator=generator, dtype=_F64)
-    rot = torch.eye(3, dtype=_F64).repeat(n, 1, 1)
-    rot[:, :2, :2] = SO2().sample(n, generator=generator, dtype=_F64)
+    g = group.sample(n, generator=generator, dtype=_F64)
+    if group.dim == 3:
+        return group.matrix(g, dtype=_F64)
+    rot = torch.eye(3, dtype=_F64).repeat(n, 1, 1)  # SO2: the plane z = 0 turns about the z axis
+    rot[:, :2, :2] = group.matrix(g, dtype=_F64)
     return rot
 
 
-def rotate_clouds(x: torch.Tensor, rotate: str, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``x: (B, N, 3)`` with each cloud moved by one element of :func:`random_rotations` (a new tensor)."""
+def rotate_clouds(x: torch.Tensor, rotate: Group | str | None, *,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x: (B, N, 3)`` with each cloud moved by one element of :func:`random_rotations` (a new tensor;
+    ``x`` itself for ``rotate=None``)."""
     g = random_rotations(x.shape[0], rotate, generator=generator)
     if g is None:
         return x
-    group = O3() if rotate == "o3" else SO3()
-    return Points(group)(g.to(device=x.device, dtype=x.dtype), x)
+    return Points(O3())(g.to(device=x.device, dtype=x.dtype), x)  # O3 holds every orthogonal matrix drawn
 
 
 def make_pointclouds(n: int, points: int = 128, *, generator: torch.Generator, noise: float = 0.01,
-                     rotate: str = "so3", classes: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     rotate: Group | str | None = "SO3",
+                     classes: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` labelled point clouds: ``x (n, points, 3)`` float32 and labels ``y (n,)`` int64.
 
     Each cloud is a shape of ``classes`` (default :data:`POINTCLOUD_CLASSES`; label ``i`` is
     ``classes[i]``, as many clouds of each class as ``n`` allows, in random order) with random
     size and aspect parameters, ``points`` points sampled on its surface, centred, scaled by a
     random factor in ``[0.75, 1.25)``, jittered by Gaussian noise of standard deviation ``noise``,
-    then moved by a random element of ``rotate``: ``"so3"`` (uniform rotations), ``"o3"``
-    (rotations and reflections), ``"z"`` (rotations about the z axis) or ``"none"`` (upright).
+    then moved by a random element of ``rotate``: ``"SO3"`` (uniform rotations), ``"O3"``
+    (rotations and reflections), ``"SO2"`` (rotations about the z axis) or ``None`` (upright).
 
     The same generator state gives the same clouds; the rotations are drawn last, so a run
-    with ``rotate="none"`` and the same seed gives the upright clouds.
+    with ``rotate=None`` and the same seed gives the upright clouds.
 
     Raises:
         ConfigError: ``n`` or ``points`` is not a positive integer, ``noise`` is negative,
@@ -236,7 +254,7 @@ def make_pointclouds(n: int, points: int = 128, *, generator: torch.Generator, n
     n = check_positive_int(n, "n")
     points = check_positive_int(points, "points")
     noise = check_number(noise, "noise", minimum=0.0)
-    check_choice(rotate, POINTCLOUD_ROTATIONS, "rotate")
+    cloud_rotations(rotate)
     names = check_classes(classes)
     if not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator: expected a torch.Generator (seeded, for reproducible data), got {generator!r}")

@@ -30,6 +30,7 @@ class DeepSetsScorer(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 32, layers: int = 2) -> None:
         super().__init__()
+        check_positive_int(hidden, "hidden")
         check_positive_int(layers, "layers")
         blocks: list[nn.Module] = []
         width = in_features

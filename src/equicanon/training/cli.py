@@ -4,8 +4,10 @@
 Every option of the config can be overridden on the command line, e.g.
 ``equicanon fit --config configs/rotated_fashion_mnist_c4.yaml --trainer.max_epochs=1 --data.data_dir=/data``;
 ``equicanon validate --config ... --ckpt_path runs/.../last.ckpt`` evaluates a checkpoint.
-The model is given in the config as ``model.model: {class_path: ..., init_args: ...}``, e.g.
-:class:`equicanon.training.models.CanonicalizedCNN`.
+The model is given in the config as ``model.model: {class_path: ..., init_args: ...}``: an
+:class:`equicanon.Canonicalized` whose ``predictor`` (e.g. :class:`equicanon.models.SmallCNN`) and
+``canonicalizer`` (e.g. :class:`equicanon.canonicalizers.GroupConv` with ``group: C4``) are given
+the same way, or any plain ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         build_cli(None if args is None else list(args))
     except (ValueError, TypeError) as e:
-        cause = _equicanon_cause(e)
-        if cause is None or cause is e:
+        cause = None if isinstance(e, EquicanonError) else _equicanon_cause(e)  # ours already: as it is
+        if cause is None:
             raise
         raise cause from e
     return 0

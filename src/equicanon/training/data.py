@@ -17,18 +17,20 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ..actions.functional import rotate_image
 from ..actions.image import Image
 from ..data import load_fashion_mnist, load_mnist
+from ..data.rotate import rotation_group
 from ..errors import ConfigError, check_choice, check_positive_int
-from ..groups import SO2
-from .models import parse_group
+from ..groups import Group
 
 __all__ = ["SplitDataModule", "ResumableDataLoader", "RotatedImageDataModule", "FashionMNISTDataModule", "MNISTDataModule",
            "IMAGE_DATASETS", "ROTATIONS"]
 
 SPLITS = ("train", "val", "test")
-ROTATIONS = ("none", "random", "C<n>", "D<n>")
+#: the ``rotate`` values of image data modules, besides ``None`` (upright): planar group names
+ROTATIONS = ("SO2", "O2", "C<n>", "D<n>")
+_ROTATIONS_TEXT = ("a planar group: 'SO2' (uniform angles in [0°, 360°), bilinear, zero padding), 'O2', 'C4', "
+                   "'C8', 'D4', ... (a uniformly random element), or null (upright)")
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -97,8 +99,10 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _batches_done(self) -> int:
         """Training batches the trainer has processed in the current epoch (0 without a trainer)."""
-        trainer = self.trainer
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
+        if self.trainer is None:
+            return 0
+        current = self.trainer.fit_loop.epoch_loop.batch_progress.current  # a _ProcessedTracker at run time
+        return int(current.processed)  # type: ignore[attr-defined]  # Lightning annotates `current` as its base class
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -208,9 +212,9 @@ class RotatedImageDataModule(SplitDataModule):
         data_dir: folder with the dataset's files (default: ``$EQUICANON_DATA``, then the
             system folder of the dataset's package); a missing file raises
             :class:`~equicanon.data.DataNotFoundError` naming it and how to install it.
-        rotate: ``"none"`` (upright), ``"random"`` (uniform angles in [0°, 360°), bilinear, zero
-            padding) or a group name such as ``"C4"`` / ``"D4"`` (a uniformly random element,
-            exact index operations for multiples of 90°).
+        rotate: a planar group name: ``"SO2"`` (uniform angles in [0°, 360°), bilinear, zero
+            padding), ``"C4"`` / ``"C8"`` / ``"D4"`` (a uniformly random element, exact index operations
+            for multiples of 90°); or ``None`` (upright).
         rotate_train: rotate the training images too (default); ``False`` trains on upright
             images and validates/tests on rotated ones.
         fresh_rotations: with ``rotate_train``, rotate every training batch by new random
@@ -218,7 +222,7 @@ class RotatedImageDataModule(SplitDataModule):
         train_size, val_size, test_size, batch_size, seed, num_workers: see :class:`SplitDataModule`.
     """
 
-    def __init__(self, dataset: str = "fashion_mnist", data_dir: str | None = None, *, rotate: str = "random",
+    def __init__(self, dataset: str = "fashion_mnist", data_dir: str | None = None, *, rotate: str | None = "SO2",
                  rotate_train: bool = True, fresh_rotations: bool = False, train_size: int = 50000,
                  val_size: int = 10000, test_size: int = 10000, batch_size: int = 128, seed: int = 0,
                  num_workers: int = 0) -> None:
@@ -226,21 +230,18 @@ class RotatedImageDataModule(SplitDataModule):
                          seed=seed, num_workers=num_workers)
         self.dataset = check_choice(dataset, IMAGE_DATASETS, "dataset")
         self.data_dir = data_dir
-        if not isinstance(rotate, str):
-            raise ConfigError(f"rotate must be 'none', 'random' or a group name such as 'C4', got {rotate!r}")
         self.rotate = rotate
-        self._group = None if rotate in ("none", "random") else parse_group(rotate)
+        self._group: Group | None = rotation_group(
+            rotate, where=lambda g: g.kind == "planar", expected=_ROTATIONS_TEXT,
+            retired={"random": "'SO2' (uniform random angles)", "none": "null (None: upright images)"})
         self.rotate_train = bool(rotate_train)
         self.fresh_rotations = bool(fresh_rotations)
         self.save_hyperparameters()
 
     def _rotated(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.rotate == "none":
-            return x
         if self._group is None:
-            angles = (torch.rand(len(x), generator=generator) * 360).to(x.device)
-            return rotate_image(x, SO2().from_angle(angles, degrees=True).to(x.dtype))
-        g = self._group.sample(len(x), generator=generator).to(x.device)
+            return x
+        g = self._group.sample(len(x), generator=generator, dtype=x.dtype).to(x.device)
         return Image(self._group)(g, x)
 
     def build(self, split: str) -> TensorDataset:
@@ -270,7 +271,7 @@ class RotatedImageDataModule(SplitDataModule):
 class FashionMNISTDataModule(RotatedImageDataModule):
     """:class:`RotatedImageDataModule` of Fashion-MNIST (Debian package ``dataset-fashion-mnist``)."""
 
-    def __init__(self, data_dir: str | None = None, *, rotate: str = "random", rotate_train: bool = True,
+    def __init__(self, data_dir: str | None = None, *, rotate: str | None = "SO2", rotate_train: bool = True,
                  fresh_rotations: bool = False, train_size: int = 50000, val_size: int = 10000, test_size: int = 10000,
                  batch_size: int = 128, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__("fashion_mnist", data_dir, rotate=rotate, rotate_train=rotate_train,
@@ -286,7 +287,7 @@ class MNISTDataModule(RotatedImageDataModule):
     must fit the source found, else ``setup`` raises :class:`~equicanon.errors.ConfigError`.
     """
 
-    def __init__(self, data_dir: str | None = None, *, rotate: str = "random", rotate_train: bool = True,
+    def __init__(self, data_dir: str | None = None, *, rotate: str | None = "SO2", rotate_train: bool = True,
                  fresh_rotations: bool = False, train_size: int = 6000, val_size: int = 2000, test_size: int = 2000,
                  batch_size: int = 128, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__("mnist", data_dir, rotate=rotate, rotate_train=rotate_train,

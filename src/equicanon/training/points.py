@@ -1,14 +1,15 @@
 """Rotated point-cloud classification (Kaba et al., 2023, point-cloud experiments) for YAML configs.
 
 :class:`PointCloudDataModule` serves the procedural shapes of
-:mod:`equicanon.data.pointclouds` under random rotations; :class:`CanonicalizedPointNet`
-puts a vector-neuron canonicalizer in front of a plain PointNet:
+:mod:`equicanon.data.pointclouds` under random rotations. The configs
+(``configs/pointcloud_vn_so3.yaml``, ``configs/pointcloud_vn_o3.yaml``) put a vector-neuron
+canonicalizer in front of a plain PointNet, as an :class:`equicanon.Canonicalized` with
+``predictor: equicanon.models.PointEncoder`` and ``canonicalizer: equicanon.canonicalizers.VectorNeurons``:
 
-    >>> model = CanonicalizedPointNet("SO3", hidden=16, layers=2, k=8, classes=10)
-    >>> dm = PointCloudDataModule(points=128, rotate="so3", fresh_rotations=True, train_size=4096)
+    >>> dm = PointCloudDataModule(points=128, rotate="SO3", fresh_rotations=True, train_size=4096)
 
-The paper's two ModelNet40 settings: "SO3/SO3" (``rotate: so3``, train and test on rotated
-clouds) and "z/SO3" (``rotate: z``: train and validate on clouds rotated about the z axis;
+The paper's two ModelNet40 settings: "SO3/SO3" (``rotate: SO3``, train and test on rotated
+clouds) and "z/SO3" (``rotate: SO2``: train and validate on clouds rotated about the z axis;
 ``acc_transformed`` of :class:`~equicanon.training.CanonicalizationModule` moves them by
 random 3-D rotations, so it measures the SO(3) test). ``rotate_train: false`` trains on
 upright clouds instead.
@@ -21,18 +22,12 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from ..adapt import Canonicalized
-from ..canonicalizers import VectorNeurons
-from ..canonicalizers.backbones import PointMLP
-from ..data.pointclouds import POINTCLOUD_ROTATIONS, check_classes, make_pointclouds, rotate_clouds
-from ..errors import check_choice, check_number, check_positive_int
+from ..data.pointclouds import check_classes, cloud_rotations, make_pointclouds, rotate_clouds
+from ..errors import check_number, check_positive_int
 from ..groups import Group
-from ..groups.names import SPATIAL, parse_group
 from .data import SplitDataModule
 
-__all__ = ["PointCloudDataModule", "CanonicalizedPointNet", "parse_spatial_group", "SPATIAL_GROUP_NAMES"]
-
-SPATIAL_GROUP_NAMES = SPATIAL
+__all__ = ["PointCloudDataModule"]
 
 
 class PointCloudDataModule(SplitDataModule):
@@ -46,8 +41,8 @@ class PointCloudDataModule(SplitDataModule):
         points: points per cloud.
         classes: names of the classes to use, in label order (default: all of
             :data:`~equicanon.data.pointclouds.POINTCLOUD_CLASSES`).
-        rotate: ``"so3"`` (uniform rotations), ``"o3"`` (rotations and reflections), ``"z"``
-            (rotations about the z axis) or ``"none"`` (upright).
+        rotate: a group name: ``"SO3"`` (uniform rotations), ``"O3"`` (rotations and reflections),
+            ``"SO2"`` (rotations about the z axis), ``"Octahedral"``; or ``None`` (upright).
         rotate_train: rotate the training clouds too (default); ``False`` trains on upright
             clouds and validates/tests on rotated ones.
         fresh_rotations: with ``rotate_train``, move every training batch by new random
@@ -56,7 +51,7 @@ class PointCloudDataModule(SplitDataModule):
         train_size, val_size, test_size, batch_size, seed, num_workers: see :class:`SplitDataModule`.
     """
 
-    def __init__(self, points: int = 128, classes: list[str] | None = None, *, rotate: str = "so3",
+    def __init__(self, points: int = 128, classes: list[str] | None = None, *, rotate: str | None = "SO3",
                  rotate_train: bool = True, fresh_rotations: bool = False, noise: float = 0.01,
                  train_size: int = 4096, val_size: int = 1024, test_size: int = 1024, batch_size: int = 32,
                  seed: int = 0, num_workers: int = 0) -> None:
@@ -64,7 +59,7 @@ class PointCloudDataModule(SplitDataModule):
                          seed=seed, num_workers=num_workers)
         self.points = check_positive_int(points, "points")
         self.classes = check_classes(classes)
-        self.rotate = check_choice(rotate, POINTCLOUD_ROTATIONS, "rotate")
+        self.rotate: Group | None = cloud_rotations(rotate)
         self.rotate_train = bool(rotate_train)
         self.fresh_rotations = bool(fresh_rotations)
         self.noise = check_number(noise, "noise", minimum=0.0)
@@ -79,7 +74,7 @@ class PointCloudDataModule(SplitDataModule):
         """Generate the clouds of ``split``: rotated, except training clouds that are upright or rotated per step."""
         upright = split == "train" and (not self.rotate_train or self.fresh_rotations)
         x, y = make_pointclouds(self.size(split), self.points, generator=self.generator(split), noise=self.noise,
-                                rotate="none" if upright else self.rotate, classes=self.classes)
+                                rotate=None if upright else self.rotate, classes=self.classes)
         return TensorDataset(x, y)
 
     def augment(self, batch: Any, generator: torch.Generator) -> Any:
@@ -88,40 +83,3 @@ class PointCloudDataModule(SplitDataModule):
             return batch
         x, y = batch
         return rotate_clouds(x, self.rotate, generator=generator), y
-
-
-def parse_spatial_group(name: str) -> Group:
-    """``"SO3"`` → ``SO3()``, ``"O3"`` → ``O3()`` (also ``"SO(3)"``, ``"o3()"``; case-insensitive).
-
-    :func:`equicanon.groups.names.parse_group` limited to :data:`SPATIAL_GROUP_NAMES`.
-
-    Raises:
-        ConfigError: any other name, with a did-you-mean hint.
-    """
-    return parse_group(name, SPATIAL_GROUP_NAMES)
-
-
-class CanonicalizedPointNet(Canonicalized):
-    """``Canonicalized(PointMLP(...), VectorNeurons(group, ...))``: invariant point-cloud classification.
-
-    The predictor is a plain PointNet (:class:`~equicanon.canonicalizers.backbones.PointMLP`:
-    a shared MLP on coordinates, max and mean pooling, a linear layer to ``classes`` logits)
-    that knows nothing about rotations; the vector-neuron canonicalizer makes the whole
-    model invariant to ``group``. Every argument is a plain value, for YAML configs.
-
-    Shapes: ``(B, N, 3)`` to logits ``(B, classes)``.
-
-    Args:
-        group: ``"SO3"`` or ``"O3"``.
-        hidden, layers, k, batch_norm: the canonicalizer (:class:`~equicanon.canonicalizers.VectorNeurons`).
-        classes: number of classes.
-        width: width of the predictor's per-point MLP.
-    """
-
-    def __init__(self, group: str = "SO3", *, hidden: int = 16, layers: int = 2, k: int = 8, batch_norm: bool = True,
-                 classes: int = 10, width: int = 64) -> None:
-        canon = VectorNeurons(parse_spatial_group(group), hidden=hidden, layers=layers, k=check_positive_int(k, "k"),
-                              batch_norm=bool(batch_norm))
-        predictor = PointMLP(3, out_dim=check_positive_int(classes, "classes"), hidden=check_positive_int(width, "width"))
-        super().__init__(predictor, canon)
-

@@ -1,10 +1,10 @@
-"""The generated set task of :mod:`equicanon.data.sets` for Lightning, and models for it that YAML configs can build.
+"""The generated set task of :mod:`equicanon.data.sets` for Lightning.
 
 :class:`SetDataModule` serves ``(x (B, n, F) float32, y (B,) int64)`` batches of digit sets and
-their order-statistic labels; :class:`SetMLP` is the plain baseline (an MLP on the flattened
-set, which depends on the order of the elements); :class:`CanonicalizedSetMLP` puts a
-:class:`~equicanon.canonicalizers.Sort` canonicalizer in front of the same MLP, which makes
-it exactly invariant to ``S(n)``::
+their order-statistic labels. ``configs/set_sort_sn.yaml`` classifies them with an
+:class:`equicanon.Canonicalized` model: a :class:`~equicanon.canonicalizers.Sort`
+canonicalizer in front of :class:`equicanon.models.SetMLP` (an MLP on the flattened set), which
+makes the MLP exactly invariant to ``S(n)``::
 
     equicanon fit --config configs/set_sort_sn.yaml
 """
@@ -14,18 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..actions import Set
-from ..adapt import Canonicalized
-from ..canonicalizers import Sort
 from ..data.sets import SET_TARGETS, make_set_task
-from ..errors import ConfigError, check_choice, check_floating, check_positive_int, check_shape
+from ..errors import ConfigError, check_choice, check_positive_int
 from ..groups import S
 from .data import SplitDataModule
 
-__all__ = ["SetDataModule", "SetMLP", "CanonicalizedSetMLP"]
+__all__ = ["SetDataModule"]
 
 
 class SetDataModule(SplitDataModule):
@@ -76,60 +73,3 @@ class SetDataModule(SplitDataModule):
         x, y = batch
         g = self.group.sample(x.shape[0], generator=generator).to(x.device)
         return Set(self.group)(g, x), y
-
-
-class SetMLP(nn.Module):
-    """A plain MLP on the flattened set: ``(B, n, F) → (B, outputs)``; it depends on the order of the elements.
-
-    ``layers`` hidden layers of width ``hidden`` with ReLU, then a linear layer to ``outputs``.
-
-    Args:
-        set_size: ``n``, elements per set.
-        features: ``F``, numbers per element.
-        outputs: size of the prediction, e.g. the number of classes.
-        hidden, layers: width and number of hidden layers (``layers`` >= 0).
-    """
-
-    def __init__(self, set_size: int = 9, features: int = 4, outputs: int = 10, *, hidden: int = 128,
-                 layers: int = 2) -> None:
-        super().__init__()
-        self.set_size = check_positive_int(set_size, "set_size")
-        self.features = check_positive_int(features, "features")
-        check_positive_int(outputs, "outputs")
-        check_positive_int(hidden, "hidden")
-        check_positive_int(layers, "layers", minimum=0)
-        blocks: list[nn.Module] = []
-        width = self.set_size * self.features
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        blocks.append(nn.Linear(width, outputs))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predictions ``(B, outputs)`` for sets ``x: (B, set_size, features)``."""
-        check_shape(x, "B n F", name="sets", n=self.set_size, F=self.features)
-        check_floating(x, "sets")
-        return self.net(x.flatten(1))  # type: ignore[no-any-return]
-
-
-class CanonicalizedSetMLP(Canonicalized):
-    """``Canonicalized(SetMLP(...), Sort(S(set_size), ...))``: the plain MLP made exactly invariant to permutations.
-
-    A DeepSets scorer gives one score per element; the set is sorted by the scores and the
-    MLP sees the sorted set. The output action is trivial (one prediction per set, e.g. class
-    logits ``(B, outputs)``).
-
-    Args:
-        set_size, features, outputs, hidden, layers: the predictor, see :class:`SetMLP`.
-        scorer_hidden, scorer_layers: width and depth of the scorer
-            (:class:`~equicanon.nn.DeepSetsScorer`).
-        temperature: SoftSort temperature of the straight-through backward pass (see :class:`~equicanon.canonicalizers.Sort`).
-    """
-
-    def __init__(self, set_size: int = 9, features: int = 4, outputs: int = 10, *, hidden: int = 128, layers: int = 2,
-                 scorer_hidden: int = 32, scorer_layers: int = 2, temperature: float = 1.0) -> None:
-        predictor = SetMLP(set_size, features, outputs, hidden=hidden, layers=layers)
-        canon = Sort(S(predictor.set_size), predictor.features, hidden=check_positive_int(scorer_hidden, "scorer_hidden"),
-                     layers=scorer_layers, temperature=temperature)
-        super().__init__(predictor, canon)
