@@ -213,22 +213,22 @@ def test_continuous_pose_passes_task_gradients_to_the_canonicalizer():
 # --- GroupAveraged ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+@pytest.mark.parametrize("elements_per_call", [None, 1, 3])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("group", GROUPS, ids=repr)
-def test_group_averaged_classifier_is_invariant(group, size, chunk_size):
+def test_group_averaged_classifier_is_invariant(group, size, elements_per_call):
     torch.manual_seed(0)
-    model = ec.GroupAveraged(_classifier(), group, chunk_size=chunk_size)
+    model = ec.GroupAveraged(_classifier(), group, elements_per_call=elements_per_call)
     assert_invariant(model, group, ec.actions.Image(group), _images(size))
 
 
-@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("elements_per_call", [None, 3])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("group", GROUPS, ids=repr)
-def test_group_averaged_segmenter_is_equivariant(group, size, chunk_size):
+def test_group_averaged_segmenter_is_equivariant(group, size, elements_per_call):
     torch.manual_seed(0)
     image = ec.actions.Image(group)
-    model = ec.GroupAveraged(_segmenter(), group, output=image, chunk_size=chunk_size)
+    model = ec.GroupAveraged(_segmenter(), group, output=image, elements_per_call=elements_per_call)
     assert_equivariant(model, group, image, image, _images(size))
 
 
@@ -240,15 +240,18 @@ def test_group_averaged_is_the_mean_over_rotated_copies():
     with torch.no_grad():
         expected = sum(torch.rot90(predictor(torch.rot90(x, -k, dims=(-2, -1))), k, dims=(-2, -1))
                        for k in range(4)) / 4
-        for chunk_size in (None, 1, 2, 3):
-            model = ec.GroupAveraged(predictor, ec.C(4), output=ec.actions.Image(ec.C(4)), chunk_size=chunk_size)
+        for elements_per_call in (None, 1, 2, 3):
+            model = ec.GroupAveraged(predictor, ec.C(4), output=ec.actions.Image(ec.C(4)),
+                                     elements_per_call=elements_per_call)
             torch.testing.assert_close(model(x), expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("group", [ec.SO2(), ec.O2()], ids=repr)
-def test_group_averaged_over_a_continuous_group_is_a_config_error(group):
-    with pytest.raises(ConfigError, match="finite"):
+def test_group_averaged_over_a_continuous_group_is_a_group_mismatch(group):
+    with pytest.raises(GroupMismatchError, match="finite"):
         ec.GroupAveraged(_classifier(), group)
+    with pytest.raises(ConfigError, match="finite"):
+        ec.GroupAveraged(_classifier(), repr(group))
 
 
 def test_group_averaged_rejects_actions_of_another_group():
@@ -258,7 +261,12 @@ def test_group_averaged_rejects_actions_of_another_group():
         ec.GroupAveraged(_segmenter(), ec.C(4), input=ec.actions.Image(ec.C(8)))
 
 
-@pytest.mark.parametrize("chunk_size", [0, -1, 1.5])
-def test_group_averaged_chunk_size_must_be_a_positive_integer(chunk_size):
-    with pytest.raises(ConfigError):
-        ec.GroupAveraged(_classifier(), ec.C(4), chunk_size=chunk_size)
+@pytest.mark.parametrize("elements_per_call", [0, -1, 1.5])
+def test_group_averaged_elements_per_call_must_be_a_positive_integer(elements_per_call):
+    with pytest.raises(ConfigError, match="elements_per_call: expected an integer >= 1"):
+        ec.GroupAveraged(_classifier(), ec.C(4), elements_per_call=elements_per_call)
+
+
+def test_group_averaged_takes_a_group_name():
+    model = ec.GroupAveraged(_classifier(), "C4")
+    assert model.group == ec.C(4)

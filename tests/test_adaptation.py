@@ -1,11 +1,9 @@
-"""Equivariant adaptation of pretrained models: the prior towards given poses, ``transform_train``,
-``ec.adapt_pretrained`` / ``ec.train_canonicalizer``, and experiment 1's script in smoke mode."""
+"""Equivariant adaptation of pretrained models: the prior towards given poses, ``transform``,
+``ec.adapt_pretrained`` / ``ec.train_canonicalizer`` (experiment 1's script runs in tests/test_experiments.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +11,10 @@ from torch import nn
 
 import equicanon as ec
 from equicanon.canonicalizers import Contrastive, GroupConv
-from equicanon.canonicalizers.backbones import SmallCNN
 from equicanon.canonicalizers.image import center_crop_resize
 from equicanon.errors import ConfigError, DTypeError, InputValueError, ShapeError
 from equicanon.metrics import identity_rate
-
-ROOT = Path(__file__).resolve().parents[1]
+from equicanon.models import ConvEncoder
 
 
 def predictor(classes: int = 3) -> nn.Module:
@@ -77,19 +73,20 @@ def test_resize_never_enlarges_the_canonicalizers_view():
     assert center_crop_resize(x, None, 14).shape[-1] == 14
 
 
-# --- CanonicalizationModule(transform_train=True) -----------------------------------------------------------------
+# --- CanonicalizationModule(transform=...) -----------------------------------------------------------------------
 
 lightning = pytest.importorskip("lightning")
 from equicanon.training import CanonicalizationModule  # noqa: E402
 
 
-def test_transform_train_moves_batches_and_aims_the_prior_at_the_moves():
+def test_transform_moves_batches_and_aims_the_prior_at_the_moves():
     torch.manual_seed(0)
     canon = GroupConv(ec.C(4), 1, hidden=4, kernel_size=3)
     model = ec.Canonicalized(predictor(), canon).double().eval()
     x, y = torch.randn(8, 1, 11, 11, dtype=torch.float64), torch.randint(3, (8,))
-    plain = CanonicalizationModule(model, prior_weight=100.0)
-    moved = CanonicalizationModule(model, prior_weight=100.0, transform_train=True)
+    plain = CanonicalizationModule(model, prior_weight=100.0, transform=None)
+    moved = CanonicalizationModule(model, prior_weight=100.0)  # the default for a canonicalized model: "group"
+    assert moved.transform == "group"
     a, b = plain.losses((x, y)), moved.losses((x, y))
     # an exactly invariant model: the same task loss, and the moved prior is the same prior
     assert torch.allclose(a["task"], b["task"], atol=1e-10)
@@ -97,18 +94,21 @@ def test_transform_train_moves_batches_and_aims_the_prior_at_the_moves():
     # while the inputs really were moved: a plain (non-invariant) model sees different losses
     net = predictor().double()
     bare = CanonicalizationModule(net, val_action=ec.actions.Image(ec.C(4)))
-    augmented = CanonicalizationModule(net, val_action=ec.actions.Image(ec.C(4)), transform_train=True)
+    augmented = CanonicalizationModule(net, val_action=ec.actions.Image(ec.C(4)), transform="group")
+    assert bare.transform is None  # the default for a plain model: as given
     assert not torch.allclose(bare.losses((x, y))["task"], augmented.losses((x, y))["task"])
     # the draws are seeded: the same step draws the same elements
     assert torch.equal(augmented.losses((x, y))["task"], augmented.losses((x, y))["task"])
 
 
-def test_transform_train_needs_a_group_and_a_boolean():
-    with pytest.raises(ConfigError, match="transform_train needs a group"):
-        CanonicalizationModule(predictor(), transform_train=True)
-    with pytest.raises(ConfigError, match="true or false"):
-        CanonicalizationModule(ec.Canonicalized(predictor(), GroupConv(ec.C(4), 1, hidden=4)), transform_train="yes")
+def test_transform_needs_a_group_and_a_known_value():
+    with pytest.raises(ConfigError, match="needs a group"):
+        CanonicalizationModule(predictor(), transform="group")
+    with pytest.raises(ConfigError, match="transform"):
+        CanonicalizationModule(ec.Canonicalized(predictor(), GroupConv(ec.C(4), 1, hidden=4)), transform="yes")
 
+
+SMALL = {"hidden": 4, "kernel_size": 3}  # a small GroupConv for fast tests
 
 # --- adapt_pretrained / train_canonicalizer ------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ def test_adapt_pretrained_learns_the_upright_pose_and_leaves_the_predictor_alone
     x = arrows(64)
     x_before = x.clone()
     losses: list[float] = []
-    model = ec.adapt_pretrained(net, ec.C(4), in_channels=1, hidden=4, kernel_size=3, data=x, steps=60, batch_size=16,
+    model = ec.adapt_pretrained(net, ec.C(4), in_channels=1, canonicalizer_args=SMALL, data=x, steps=60, batch_size=16,
                                 lr=3e-3, callback=lambda step, terms: losses.append(terms["prior"]))
     assert isinstance(model, ec.Canonicalized) and not model.training
     assert model.predictor is net and not calls  # prior only: the predictor is never run ...
@@ -143,7 +143,7 @@ def test_adapt_pretrained_learns_the_upright_pose_and_leaves_the_predictor_alone
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_adapted_model_is_invariant_on_the_groups_testing_elements(size, dtype):
     torch.manual_seed(0)
-    model = ec.adapt_pretrained(predictor(), ec.D(4), in_channels=1, hidden=4, kernel_size=3).to(dtype)
+    model = ec.adapt_pretrained(predictor(), ec.D(4), in_channels=1, canonicalizer_args=SMALL).to(dtype)
     ec.testing.assert_equivariant(model, ec.D(4), ec.actions.Image(ec.D(4)), ec.actions.Trivial(),
                                   x=torch.randn(2, 1, size, size, dtype=dtype))
 
@@ -155,16 +155,16 @@ def test_finetune_trains_both_parts_and_dense_labels_move_with_the_output_action
     x = arrows(16)
     masks = (x[:, 0] > 0.5).long()
     group = ec.C(4)
-    model = ec.adapt_pretrained(net, group, in_channels=1, output=ec.actions.Mask(group), hidden=4, kernel_size=3,
+    model = ec.adapt_pretrained(net, group, in_channels=1, output=ec.actions.Mask(group), canonicalizer_args=SMALL,
                                 data=(x, masks), steps=3, finetune=True, batch_size=4,
-                                loss=torch.nn.functional.cross_entropy)
+                                task_loss=torch.nn.functional.cross_entropy)
     assert not torch.equal(net.weight, before)
     assert model(x).shape == (16, 2, 15, 15)
 
 
 def test_contrastive_canonicalizer_with_its_loss():
     torch.manual_seed(0)
-    canon = Contrastive(ec.C(4), SmallCNN(1, out_dim=8, hidden=4))
+    canon = Contrastive(ec.C(4), ConvEncoder(1, out_dim=8, hidden=4))
     terms: list[dict[str, float]] = []
     ec.adapt_pretrained(predictor(), ec.C(4), canonicalizer=canon, data=arrows(8), steps=2, batch_size=4,
                         contrastive_weight=0.1, callback=lambda s, t: terms.append(t))
@@ -172,11 +172,11 @@ def test_contrastive_canonicalizer_with_its_loss():
     assert math.isclose(terms[0]["loss"], 100 * terms[0]["prior"] + 0.1 * terms[0]["contrastive"], rel_tol=1e-5)
 
 
-def test_iterables_of_batches_are_cycled_and_transform_inputs_can_be_off():
+def test_iterables_of_batches_are_cycled_and_the_transform_can_be_off():
     loader = [arrows(4, seed=s) for s in range(2)]
     seen = []
-    model = ec.adapt_pretrained(predictor(), ec.C(4), in_channels=1, hidden=4, kernel_size=3, data=loader, steps=5,
-                                transform_inputs=False, callback=lambda s, t: seen.append(s))
+    model = ec.adapt_pretrained(predictor(), ec.C(4), in_channels=1, canonicalizer_args=SMALL, data=loader, steps=5,
+                                transform=None, callback=lambda s, t: seen.append(s))
     assert seen == [0, 1, 2, 3, 4] and isinstance(model, ec.Canonicalized)
 
 
@@ -196,37 +196,18 @@ def test_iterables_of_batches_are_cycled_and_transform_inputs_can_be_off():
 ])
 def test_bad_arguments_get_typed_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
-        ec.adapt_pretrained(predictor(), ec.C(4), in_channels=1, hidden=4, kernel_size=3, **kwargs)
+        if "canonicalizer" not in kwargs:
+            kwargs = {"canonicalizer_args": SMALL, **kwargs}
+        ec.adapt_pretrained(predictor(), ec.C(4), in_channels=1, **kwargs)
 
 
 def test_bad_model_or_group():
     with pytest.raises(ConfigError, match=r"nn\.Module"):
         ec.adapt_pretrained(lambda x: x, ec.C(4))
-    with pytest.raises(ConfigError, match="equicanon group"):
-        ec.adapt_pretrained(predictor(), "C4")
+    with pytest.raises(ConfigError, match="unknown group"):
+        ec.adapt_pretrained(predictor(), "C-four")
+    with pytest.raises(ConfigError, match="already built"):
+        ec.adapt_pretrained(predictor(), "C4", canonicalizer=GroupConv(ec.C(4), 1, hidden=4), canonicalizer_args=SMALL)
     with pytest.raises(ConfigError, match=r"ec\.Canonicalized"):
         ec.train_canonicalizer(predictor(), torch.zeros(2, 1, 9, 9), 1)
 
-
-# --- experiment 1 in smoke mode ----------------------------------------------------------------------------------
-
-
-def test_experiment_script_runs_end_to_end_on_tiny_sizes(monkeypatch, capsys):
-    from equicanon.data import load_fashion_mnist
-
-    try:
-        load_fashion_mnist("test")
-    except ec.errors.EquicanonError as e:
-        pytest.skip(f"Fashion-MNIST files are not installed here: {e}")
-    spec = importlib.util.spec_from_file_location("adaptation_fashion_mnist",
-                                                  ROOT / "benchmarks" / "adaptation_fashion_mnist.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    monkeypatch.setattr(script, "QUICK", {**script.QUICK, "train_images": 64, "test_images": 16, "batch_size": 8,
-                                          "predictor": {"pretrain_steps": 2, "width": 4}, "finetune": {"steps": 1}})
-    script.main(["--quick"])
-    out = capsys.readouterr().out
-    for name in script.NAMES.values():
-        assert f"| {name} |" in out
-    assert "C8-averaged" in out

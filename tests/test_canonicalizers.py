@@ -340,6 +340,12 @@ def test_invalid_configuration_is_a_config_error(kwargs):
         GroupConv(ec.C(4), 3, **kwargs)
 
 
+@pytest.mark.parametrize("hidden", [-1, 0])
+def test_a_bad_hidden_width_is_reported_as_hidden(hidden):
+    with pytest.raises(ConfigError, match=f"^hidden: expected an integer >= 1, got {hidden}$"):
+        GroupConv(ec.C(4), 3, hidden=hidden)
+
+
 def test_unknown_canonicalizer_name_suggests_the_closest():
     with pytest.raises(ConfigError, match="did you mean 'group_conv'"):
         create("group_cnv", group=ec.C(4), in_channels=3)

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_data import _fake_split
-
 pytest.importorskip("lightning")
 from equicanon.cli import main
 from equicanon.errors import EquicanonError
@@ -30,21 +28,22 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 def _args(data: Path, root: Path) -> list[str]:
     return ["--config", str(CONFIG), f"--data.data_dir={data}", "--data.train_size=32", "--data.val_size=8",
-            "--data.test_size=8", "--data.batch_size=4", "--model.model.init_args.hidden=4",
-            "--model.model.init_args.width=8", f"--trainer.default_root_dir={root}", "--trainer.accelerator=cpu",
+            "--data.test_size=8", "--data.batch_size=4", "--model.model.init_args.canonicalizer.init_args.hidden=4",
+            "--model.model.init_args.predictor.init_args.width=8", f"--trainer.default_root_dir={root}",
+            "--trainer.accelerator=cpu",
             "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             "--trainer.logger=false", "--trainer.max_epochs=-1", "--trainer.check_val_every_n_epoch=5",
             "--trainer.callbacks.every_n_train_steps=4"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory, fake_split) -> tuple[Path, Path]:
     """``(data folder, last.ckpt)`` of a 6-step run (8 batches per epoch: it stops mid-epoch)."""
     tmp = tmp_path_factory.mktemp("faults")
     data, root = tmp / "data", tmp / "run"
     data.mkdir()
-    _fake_split(data, "train", 48)
-    _fake_split(data, "t10k", 8)
+    fake_split(data, "train", 48)
+    fake_split(data, "t10k", 8)
     assert main(["fit", *_args(data, root), "--trainer.max_steps=6"]) == 0
     return data, next(root.rglob("last.ckpt"))
 

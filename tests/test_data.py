@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,30 +14,9 @@ from equicanon.data.mnist import FASHION_MNIST_DIRS
 from equicanon.errors import ConfigError, EquicanonError
 
 
-def _write_idx(path: Path, array: np.ndarray, *, compress: bool = True, magic: int | None = None) -> None:
-    header = struct.pack(">I", magic if magic is not None else 0x0800 + array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def _fake_split(folder: Path, prefix: str, n: int, *, compress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=(n,), dtype=np.uint8)
-    suffix = ".gz" if compress else ""
-    _write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress=compress)
-    _write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress=compress)
-    return images, labels
-
-
 @pytest.mark.parametrize("compress", [True, False])
-def test_reads_idx_files_exactly(tmp_path: Path, compress: bool) -> None:
-    images, labels = _fake_split(tmp_path, "t10k", 7, compress=compress)
+def test_reads_idx_files_exactly(tmp_path: Path, compress: bool, fake_split) -> None:
+    images, labels = fake_split(tmp_path, "t10k", 7, compress=compress)
     x, y = load_fashion_mnist("test", data_dir=tmp_path)
     assert x.dtype == torch.uint8 and y.dtype == torch.int64
     assert torch.equal(x, torch.from_numpy(images))
@@ -51,8 +29,8 @@ def test_missing_file_names_file_and_install_command(tmp_path: Path) -> None:
     assert issubclass(DataNotFoundError, FileNotFoundError) and issubclass(DataNotFoundError, EquicanonError)
 
 
-def test_truncated_and_wrong_files_give_clear_errors(tmp_path: Path) -> None:
-    _fake_split(tmp_path, "t10k", 5)
+def test_truncated_and_wrong_files_give_clear_errors(tmp_path: Path, fake_split, write_idx) -> None:
+    fake_split(tmp_path, "t10k", 5)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     with gzip.open(path, "rb") as f:
         data = f.read()
@@ -63,14 +41,14 @@ def test_truncated_and_wrong_files_give_clear_errors(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip at all")
     with pytest.raises(CorruptDataError, match="cannot read"):
         load_fashion_mnist("test", data_dir=tmp_path)
-    _write_idx(path, np.zeros((5, 28, 28)), magic=0x0801)
+    write_idx(path, np.zeros((5, 28, 28)), magic=0x0801)
     with pytest.raises(CorruptDataError, match="magic"):
         load_fashion_mnist("test", data_dir=tmp_path)
 
 
-def test_mismatched_counts(tmp_path: Path) -> None:
-    _fake_split(tmp_path, "t10k", 5)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4))
+def test_mismatched_counts(tmp_path: Path, fake_split, write_idx) -> None:
+    fake_split(tmp_path, "t10k", 5)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4))
     with pytest.raises(CorruptDataError, match="5 images but 4 labels"):
         load_fashion_mnist("test", data_dir=tmp_path)
 

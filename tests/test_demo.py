@@ -19,17 +19,16 @@ import torch
 from equicanon.cli import main
 from equicanon.data.mnist import FASHION_MNIST_DIRS
 from equicanon.demo import DemoConfig, run_demo
-from tests.test_data import _fake_split
 
 pytest.importorskip("matplotlib")
 
 
 @pytest.fixture
-def fake_data(tmp_path: Path) -> Path:
+def fake_data(tmp_path: Path, fake_split) -> Path:
     folder = tmp_path / "data"
     folder.mkdir()
-    _fake_split(folder, "train", 300)
-    _fake_split(folder, "t10k", 64)
+    fake_split(folder, "train", 300)
+    fake_split(folder, "t10k", 64)
     return folder
 
 

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_data import _fake_split
-
 pytest.importorskip("lightning")
 if not torch.distributed.is_available():  # pragma: no cover
     pytest.skip("torch.distributed is not available", allow_module_level=True)
@@ -33,9 +31,12 @@ def _fit(data: Path, root: Path, devices: int) -> tuple[dict[str, torch.Tensor],
     """Fit on ``devices`` CPU processes with a global batch of 8; return the final weights and validation metrics."""
     command = [sys.executable, "-m", "equicanon.cli", "fit", "--config", str(CONFIG), f"--data.data_dir={data}",
                "--data.train_size=32", "--data.val_size=16", "--data.test_size=8", f"--data.batch_size={8 // devices}",
-               "--model.model.init_args.hidden=4", "--model.model.init_args.width=8",
+               "--model.model.init_args.canonicalizer.init_args.hidden=4", "--model.model.init_args.predictor.init_args.width=8",
                f"--trainer.default_root_dir={root}", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
-               f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}", "--model.model.init_args.batch_norm=false",
+               f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+               "--model.model.init_args.canonicalizer.init_args.batch_norm=false",
+               "--model.model.init_args.predictor.init_args.batch_norm=false",
+               "--model.transform=group",  # the moves are drawn for the global batch: each rank keeps its share
                "--trainer.precision=64-true",
                f"--trainer.max_steps={STEPS}", "--trainer.max_epochs=-1", "--trainer.num_sanity_val_steps=0",
                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
@@ -58,11 +59,11 @@ def _fit(data: Path, root: Path, devices: int) -> tuple[dict[str, torch.Tensor],
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+def test_two_gloo_processes_match_one_process(tmp_path: Path, fake_split) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    _fake_split(data, "train", 48)
-    _fake_split(data, "t10k", 8)
+    fake_split(data, "train", 48)
+    fake_split(data, "t10k", 8)
     one_weights, one_metrics = _fit(data, tmp_path / "one", 1)
     two_weights, two_metrics = _fit(data, tmp_path / "two", 2)
     assert one_weights.keys() == two_weights.keys()

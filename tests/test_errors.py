@@ -221,14 +221,20 @@ def test_invalid_element_values(call: Callable[[], object], message: str) -> Non
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: Image(ec.S(3)), "Image acts with a planar group (C(n), D(n), SO2() or O2()), got S(3)"),
-        (lambda: Image(ec.SO3()), "Image acts with a planar group (C(n), D(n), SO2() or O2()), got SO3()"),
-        (lambda: Mask(ec.O3()), "Mask acts with a planar group (C(n), D(n), SO2() or O2()), got O3()"),
-        (lambda: Regular(ec.SO2()), "Regular needs a finite group with indexed elements (C(n), D(n)), got SO2()"),
-        (lambda: Regular(ec.S(3)), "Regular needs a finite group with indexed elements (C(n), D(n)), got S(3)"),
-        (lambda: Set(ec.C(4)), "Set acts with a symmetric group S(n), got C(4)"),
-        (lambda: Points(ec.S(3)), "Points acts with rotation/reflection groups, got S(3); use actions.Set"),
-        (lambda: Vectors(ec.S(3)), "Vectors acts with rotation/reflection groups, got S(3); use actions.Set"),
+        (lambda: Image(ec.S(3)), "Image: expected a planar group (C(n), D(n), SO2() or O2()), got S(3)"),
+        (lambda: Image(ec.SO3()), "Image: expected a planar group (C(n), D(n), SO2() or O2()), got SO3()"),
+        (lambda: Mask(ec.O3()), "Mask: expected a planar group (C(n), D(n), SO2() or O2()), got O3()"),
+        (lambda: Regular(ec.SO2()), "Regular: expected a finite group with indexed elements (C(n), D(n), "
+                                    "Octahedral()), got SO2()"),
+        (lambda: Regular(ec.S(3)), "Regular: expected a finite group with indexed elements (C(n), D(n), "
+                                   "Octahedral()), got S(3)"),
+        (lambda: Set(ec.C(4)), "Set: expected a symmetric group S(n), got C(4)"),
+        (lambda: Points(ec.S(3)), "Points: expected a group of rotations/reflections of the plane or of space "
+                                  "(for sets use actions.Set), got S(3)"),
+        (lambda: Vectors(ec.S(3)), "Vectors: expected a group of rotations/reflections of the plane or of space "
+                                   "(for sets use actions.Set), got S(3)"),
+        (lambda: ec.actions.Particles(ec.C(4)), "Particles: expected a 3-D group (SO3, O3, SE3, E3, Octahedral), "
+                                               "got C(4)"),
         (lambda: Image(ec.C(4)).check_group(ec.C(8)),
          "Image(C(4), padding='zeros', mode='bilinear') acts with C(4), but the canonicalizer uses C(8)"),
     ],

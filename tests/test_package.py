@@ -1,4 +1,4 @@
-"""Packaging: the import is light and clean, the source is lint-clean, and typing information ships."""
+"""Packaging: the import is light and clean, the source is lint- and type-clean, and typing information ships."""
 
 from __future__ import annotations
 
@@ -66,8 +66,17 @@ def test_version_matches_pyproject() -> None:
 def test_ruff_is_clean() -> None:
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed")
-    command = [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "src", "tests"]
+    command = [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "src", "tests",
+               "conftest.py"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_is_clean() -> None:
+    """The package ships py.typed, so its annotations are checked: ``python -m mypy`` ([tool.mypy] in pyproject.toml)."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed (it is in the dev extra: pip install -e '.[dev]')")
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import equicanon as ec
 from equicanon.canonicalizers import Contrastive, GroupConv, VectorNeurons
-from equicanon.canonicalizers.backbones import SmallCNN
+from equicanon.models import ConvEncoder
 from equicanon.nn import vector_neurons
 from equicanon.testing import assert_invariant
 
@@ -29,9 +29,9 @@ def _models() -> dict[str, ec.Canonicalized]:
     head = nn.Sequential(nn.Flatten(), nn.LazyLinear(5))
     return {
         "group_conv": ec.Canonicalized(head, GroupConv(ec.C(4), 3, hidden=4, kernel_size=3, crop=0.8, resize=16,
-                                                       pool=True)).eval(),
+                                                       pool_above=8)).eval(),  # pools the 16-px view once
         "contrastive": ec.Canonicalized(nn.Sequential(nn.Flatten(), nn.LazyLinear(5)),
-                                        Contrastive(ec.C(4), SmallCNN(3, out_dim=16, hidden=4), crop=0.8, resize=16)).eval(),
+                                        Contrastive(ec.C(4), ConvEncoder(3, out_dim=16, hidden=4), crop=0.8, resize=16)).eval(),
     }
 
 
@@ -72,9 +72,9 @@ def test_bfloat16_autocast_inference_keeps_poses_and_dtypes(name: str) -> None:
 
 def test_contrastive_chunking_is_bit_identical() -> None:
     torch.manual_seed(0)
-    net = SmallCNN(3, out_dim=16, hidden=4).eval()
+    net = ConvEncoder(3, out_dim=16, hidden=4).eval()
     whole = Contrastive(ec.D(4), net, embed_dim=8).eval()
-    chunked = Contrastive(ec.D(4), net, embed_dim=8, chunk_size=2).eval()
+    chunked = Contrastive(ec.D(4), net, embed_dim=8, inputs_per_call=2).eval()
     chunked.load_state_dict(whole.state_dict())
     x = _images(5)
     a, b = whole(x), chunked(x)
@@ -84,7 +84,7 @@ def test_contrastive_chunking_is_bit_identical() -> None:
 
 def test_contrastive_inference_skips_the_full_size_copies() -> None:
     """With crop/resize the |G| full-size copies are needed only for training gradients."""
-    canon = Contrastive(ec.C(4), SmallCNN(3, out_dim=16, hidden=4), crop=0.8, resize=12).eval()
+    canon = Contrastive(ec.C(4), ConvEncoder(3, out_dim=16, hidden=4), crop=0.8, resize=12).eval()
     x = _images(2, 40)
     calls: list[tuple[int, ...]] = []
     from equicanon.canonicalizers import contrastive as module
@@ -111,16 +111,32 @@ def test_group_averaged_chunking_is_identical() -> None:
     x = _images(3, 12)
     whole = ec.GroupAveraged(pred, ec.D(4))(x)
     for chunk in (1, 3):
-        torch.testing.assert_close(ec.GroupAveraged(pred, ec.D(4), chunk_size=chunk)(x), whole, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ec.GroupAveraged(pred, ec.D(4), elements_per_call=chunk)(x), whole, rtol=1e-6, atol=1e-6)
 
 
 def test_pooled_group_conv_is_invariant_and_cheaper() -> None:
     torch.manual_seed(0)
-    canon = GroupConv(ec.D(4), 3, hidden=4, kernel_size=3, pool=True).eval()
-    assert sum(isinstance(m, ec.nn.EquivariantAvgPool2d) for m in canon.net) == 2
+    canon = GroupConv(ec.D(4), 3, hidden=4, kernel_size=3, pool_above=0).eval()
+    convs = [m for m in canon.net if isinstance(m, (ec.nn.LiftingConv2d, ec.nn.GroupConv2d))]
+    assert [m.pool_above for m in convs] == [0, 0, None]  # every convolution but the last halves its output
     for size in (28, 29):
         x = _images(2, size).double()
         assert_invariant(lambda t: canon.double()(t).canonical, ec.D(4), ec.actions.Image(ec.D(4)), x)
+
+
+def test_default_group_conv_pools_large_views_only() -> None:
+    """The documented call's 96-px view is pooled to 48 and 24 px, a 22-px view once, a 16-px view not at all."""
+    canon = GroupConv(ec.C(8), 3, crop=0.8, resize=96).eval()
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for m in canon.net
+             if isinstance(m, (ec.nn.LiftingConv2d, ec.nn.GroupConv2d))]
+    with torch.inference_mode():
+        canon(_images(1, 224))
+        canon(_images(1, 28))  # the 0.8 crop of 28 px is 22 px
+        canon(_images(1, 20))  # ... of 20 px, 16 px
+    for h in hooks:
+        h.remove()
+    assert sizes == [48, 24, 24, 11, 11, 11, 16, 16, 16]
 
 
 def test_blocked_knn_matches_one_block(monkeypatch: pytest.MonkeyPatch) -> None:

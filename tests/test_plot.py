@@ -78,18 +78,13 @@ def test_plot_errors_are_typed(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore:.*LeafSpec")
-def test_equicanon_plot_draws_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_equicanon_plot_draws_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_data: Path,
+                                          smoke) -> None:
     pytest.importorskip("lightning")
     from equicanon.cli import main
-    from tests.test_data import _fake_split
-    from tests.test_training_cli import CONFIGS, smoke
 
-    data = tmp_path / "data"
-    data.mkdir()
-    _fake_split(data, "train", 48)
-    _fake_split(data, "t10k", 16)
-    (config,) = [c for c in CONFIGS if c.name == "rotated_fashion_mnist_c4.yaml"]
-    args = smoke(config, data, tmp_path / "run")
+    config = Path(__file__).resolve().parents[1] / "configs" / "rotated_fashion_mnist_c4.yaml"
+    args = smoke(config, fake_data, tmp_path / "run")
     assert main(["fit", *args, "--trainer.max_steps=2", "--trainer.max_epochs=1"]) == 0
     (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
     out = tmp_path / "plots"

@@ -1,4 +1,5 @@
-"""Rotated point-cloud classification: procedural data, its data module, the canonicalized PointNet and its configs."""
+"""Rotated point-cloud classification: procedural data, its data module, a PointNet behind a vector-neuron
+canonicalizer and the configs that build it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from equicanon.errors import ConfigError
 pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 from equicanon.cli import main
-from equicanon.training.points import CanonicalizedPointNet, PointCloudDataModule, parse_spatial_group
-from tests.test_training_cli import pytestmark, smoke  # noqa: F401  (pytestmark: the CLI tests' warning filters)
+from equicanon.training.points import PointCloudDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "configs" / "pointcloud_vn_so3.yaml", ROOT / "configs" / "pointcloud_vn_o3.yaml"]
@@ -53,9 +53,9 @@ def test_classes_are_balanced_and_subsets_relabel() -> None:
     assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
-@pytest.mark.parametrize("rotate, det", [("so3", 1.0), ("o3", None), ("z", 1.0)])
+@pytest.mark.parametrize("rotate, det", [("SO3", 1.0), ("O3", None), ("SO2", 1.0), ("Octahedral", 1.0)])
 def test_rotated_clouds_are_the_upright_ones_moved_by_orthogonal_maps(rotate: str, det: float | None) -> None:
-    upright, y = clouds(3, noise=0.0, rotate="none")
+    upright, y = clouds(3, noise=0.0, rotate=None)
     moved, y2 = clouds(3, noise=0.0, rotate=rotate)
     assert torch.equal(y, y2) and not torch.allclose(upright, moved, atol=0.1)
     d_up, d_moved = torch.cdist(upright.double(), upright.double()), torch.cdist(moved.double(), moved.double())
@@ -68,12 +68,12 @@ def test_rotated_clouds_are_the_upright_ones_moved_by_orthogonal_maps(rotate: st
         assert torch.allclose(dets, torch.full_like(dets, det), atol=1e-5)
     else:  # O(3): reflections too
         assert bool((dets < 0).any()) and bool((dets > 0).any())
-    if rotate == "z":
+    if rotate == "SO2":  # about the z axis
         assert torch.allclose(m[:, 2], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(40, 3), atol=1e-5)
 
 
 def test_shape_classes_differ_in_shape_not_in_scale() -> None:
-    x, y = clouds(0, n=400, points=256, rotate="none", noise=0.0)
+    x, y = clouds(0, n=400, points=256, rotate=None, noise=0.0)
     radius = x.norm(dim=-1)  # (n, P) distances to the centre
     spread = radius.std(dim=1) / radius.mean(dim=1)  # scale-free
     by_class = {name: spread[y == i] for i, name in enumerate(POINTCLOUD_CLASSES)}
@@ -91,7 +91,10 @@ def test_shape_classes_differ_in_shape_not_in_scale() -> None:
     ({"n": 0}, "n: expected an integer >= 1"),
     ({"points": 2.5}, "points: expected an integer"),
     ({"noise": -0.1}, "noise: expected a finite number >= 0"),
-    ({"rotate": "so(3)"}, "rotate: expected one of"),
+    ({"rotate": "so(4)"}, "unknown rotate 'so\\(4\\)': expected 'SO3'"),
+    ({"rotate": "z"}, "rotate: 'z' is no longer accepted; write 'SO2' \\(rotations about the z axis\\)"),
+    ({"rotate": "none"}, "rotate: 'none' is no longer accepted; write null"),
+    ({"rotate": "C4"}, "names C\\(4\\), which is not accepted here"),
     ({"classes": ["sphere", "sphre"]}, "did you mean 'sphere'"),
     ({"classes": ["cube", "cube"]}, "distinct"),
     ({"classes": []}, "at least one"),
@@ -107,9 +110,9 @@ def test_bad_arguments_are_config_errors(kwargs: dict[str, object], match: str) 
 def test_rotate_clouds_leaves_its_input_alone() -> None:
     x, _ = clouds(0, n=4)
     before = x.clone()
-    moved = rotate_clouds(x, "so3", generator=torch.Generator().manual_seed(0))
+    moved = rotate_clouds(x, "SO3", generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, before) and not torch.allclose(moved, x)
-    assert rotate_clouds(x, "none") is x
+    assert rotate_clouds(x, None) is x
 
 
 # data module ----------------------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ def test_datamodule_splits_batches_and_fresh_rotations() -> None:
     assert torch.equal(again.build("val").tensors[0], val)
     # fresh rotations: training clouds are stored upright and rotated per batch by augment
     train = dm.train_set.tensors[0]  # type: ignore[union-attr]
-    upright = make_pointclouds(12, 16, generator=dm.generator("train"), noise=0.01, rotate="none",
+    upright = make_pointclouds(12, 16, generator=dm.generator("train"), noise=0.01, rotate=None,
                                classes=["sphere", "torus", "helix"])[0]
     assert torch.equal(train, upright)
     batch = (train[:4], dm.train_set.tensors[1][:4])  # type: ignore[union-attr]
@@ -141,7 +144,7 @@ def test_datamodule_splits_batches_and_fresh_rotations() -> None:
 
 
 def test_datamodule_bad_arguments() -> None:
-    with pytest.raises(ConfigError, match="did you mean 'so3'"):
+    with pytest.raises(ConfigError, match="did you mean 'SO3'"):
         PointCloudDataModule(rotate="so33")
     with pytest.raises(ConfigError, match="noise"):
         PointCloudDataModule(noise=float("nan"))
@@ -153,12 +156,18 @@ def test_datamodule_bad_arguments() -> None:
 
 # model -----------------------------------------------------------------------------------------------------
 
+def pointnet(group: str, *, hidden: int, layers: int, k: int, classes: int, width: int) -> ec.Canonicalized:
+    """What the point-cloud configs build: a plain PointNet behind a vector-neuron canonicalizer."""
+    canon = ec.canonicalizers.VectorNeurons(group, hidden=hidden, layers=layers, k=k)
+    return ec.Canonicalized(ec.models.PointEncoder(3, out_dim=classes, hidden=width), canon)
+
+
 @pytest.mark.parametrize("name", ["SO3", "O3"])
 def test_canonicalized_pointnet_is_exactly_invariant(name: str) -> None:
     torch.manual_seed(0)
-    group = parse_spatial_group(name)
-    model = CanonicalizedPointNet(name, hidden=8, layers=1, k=6, classes=10, width=16).eval()
-    x, _ = clouds(0, n=3, points=24, rotate="none")
+    group = ec.groups.parse_group(name)
+    model = pointnet(name, hidden=8, layers=1, k=6, classes=10, width=16).eval()
+    x, _ = clouds(0, n=3, points=24, rotate=None)
     assert model(x).shape == (3, 10) and model.group == group
     action = ec.actions.Points(group)
     random = group.sample(4, generator=torch.Generator().manual_seed(1))
@@ -170,16 +179,14 @@ def test_canonicalized_pointnet_is_exactly_invariant(name: str) -> None:
     assert not report.passed
 
 
-def test_group_names_and_bad_model_arguments() -> None:
-    assert parse_spatial_group("so(3)") == ec.SO3() and parse_spatial_group("O3()") == ec.O3()
-    with pytest.raises(ConfigError, match="did you mean 'SO3'"):
-        parse_spatial_group("SO2")
-    with pytest.raises(ConfigError, match="group"):
-        parse_spatial_group(3)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="k"):
-        CanonicalizedPointNet(k=0)
-    with pytest.raises(ConfigError, match="classes: expected an integer >= 1"):
-        CanonicalizedPointNet(classes=0)
+def test_a_planar_group_in_a_point_cloud_config_is_a_config_error(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str], smoke) -> None:
+    args = [*smoke(CONFIGS[0], tmp_path, tmp_path), "--model.model.init_args.canonicalizer.init_args.group=SO2"]
+    assert main(["fit", *args]) == 2
+    assert "SO3" in capsys.readouterr().err  # says what is accepted
+    args = [*smoke(CONFIGS[0], tmp_path, tmp_path), "--model.model.init_args.predictor.init_args.out_dim=0"]
+    assert main(["fit", *args]) == 2
+    assert "out_dim: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_learns_rotated_shapes_beyond_chance() -> None:
@@ -191,7 +198,7 @@ def test_learns_rotated_shapes_beyond_chance() -> None:
     names = ["sphere", "cube", "torus", "helix"]
     x, y = clouds(0, n=2048, points=48, classes=names)
     x_test, y_test = clouds(100, n=500, points=48, classes=names)
-    model = CanonicalizedPointNet("SO3", hidden=8, layers=1, k=8, classes=4, width=32)
+    model = pointnet("SO3", hidden=8, layers=1, k=8, classes=4, width=32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     for _ in range(150):
@@ -208,7 +215,7 @@ def test_learns_rotated_shapes_beyond_chance() -> None:
 # configs ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_config_fits_validates_and_tests(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_fits_validates_and_tests(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], smoke) -> None:
     """The smoke mode of every config (tests/test_training_cli.py), without data_dir: the clouds are generated."""
     args = smoke(config, tmp_path, tmp_path)  # no data_dir: these configs have none
     assert main(["fit", *args, "--trainer.max_steps=2", "--trainer.max_epochs=1"]) == 0

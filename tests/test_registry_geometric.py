@@ -65,7 +65,7 @@ def test_invariant_and_equivariant_on_random_elements(case, seed):
     assert_canonicalizer(canon, _input(case, seed), elements=elements, dtype=torch.float32, **FLOAT32)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not isinstance(c.values[0].make().group, ec.S)])
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].make().group.kind != "permutation"])
 def test_pose_is_invariant_to_the_order_of_points(case):
     """Permuting the points permutes the canonical points the same way and leaves the pose unchanged."""
     canon = _make(case).double()
@@ -142,9 +142,20 @@ def test_sort_gradients_reach_the_scorer_through_softsort():
 
 @pytest.mark.parametrize("group", [ec.SO3(), ec.O3()])
 def test_prior_is_squared_frobenius_distance_and_training_it_reaches_identity(group):
+    """Training the prior alone drives the poses to the lowest loss the group allows.
+
+    For SO(3) that is 0. An O(3) pose cannot move continuously from det -1 to the identity, so the batch holds
+    four clouds and their mirror images ``x * (1, 1, -1)``: the pose of a mirrored cloud is ``M R`` and
+    ``(||R - I||^2 + ||M R - I||^2) / 2 = 6 - 2 (R_11 + R_22) >= 2``, with equality only at ``R = I``. The
+    floor is 2 whichever cloud of a pair the network gives det -1, so the criterion does not depend on
+    where training sends each det sign (a bound on ``last / first`` did: 0.48 here, 0.75 on another machine).
+    Over seeds 0-9 ``(last - floor) / (first - floor)`` is at most 0.0009 (SO(3)) and 0.006 (O(3)).
+    """
     torch.manual_seed(0)
     canon = ec.canonicalizers.VectorNeurons(group, hidden=16, layers=1, k=4)
-    x = torch.randn(8, 12, 3)
+    clouds = torch.randn(4, 12, 3)
+    x = torch.cat([clouds, clouds * torch.tensor([1.0, 1.0, -1.0])])
+    floor = 2.0 if group == ec.O3() else 0.0
     res = canon(x)
     eye = torch.eye(3)
     assert torch.allclose(canon.prior_loss(res), ((res.pose - eye) ** 2).sum((1, 2)).mean())
@@ -156,12 +167,8 @@ def test_prior_is_squared_frobenius_distance_and_training_it_reaches_identity(gr
         loss.backward()
         opt.step()
     last = float(canon.prior_loss(canon(x)).detach())
-    if group == ec.SO3():
-        assert last < 0.1 * first
-    else:
-        # an O(3) pose cannot move continuously from a reflection (det -1, ||R - I||^2 >= 4) to the
-        # identity, so the prior only removes the rotation part of the error of reflected clouds
-        assert last < 0.6 * first
+    assert last > floor - 1e-4, f"the prior went below its floor {floor}: {last}"
+    assert last - floor < 0.1 * (first - floor), f"prior {first:.3f} -> {last:.3f}, floor {floor}"
 
 
 @pytest.mark.parametrize("group", [ec.SO3(), ec.O3()])

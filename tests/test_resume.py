@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_data import _fake_split
-
 pytest.importorskip("lightning")
 from equicanon.training.checkpoint import AtomicCheckpointIO, atomic_torch_save
 
@@ -27,7 +25,8 @@ STEPS_PER_EPOCH = 8  # train_size 64 / batch 8
 def _fit_command(data: Path, root: Path, max_steps: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "equicanon.cli", "fit", "--config", str(CONFIG), f"--data.data_dir={data}",
             "--data.train_size=64", "--data.val_size=8", "--data.test_size=8", "--data.batch_size=8",
-            "--model.model.init_args.hidden=4", "--model.model.init_args.width=8",
+            "--model.model.init_args.canonicalizer.init_args.hidden=4",
+            "--model.model.init_args.predictor.init_args.width=8",
             f"--trainer.default_root_dir={root}", "--trainer.accelerator=cpu", "--trainer.devices=1",
             f"--trainer.max_steps={max_steps}", "--trainer.max_epochs=-1", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.logger=false", "--trainer.check_val_every_n_epoch=2",
@@ -51,7 +50,7 @@ def _step(path: Path) -> int:
 
 # float32: with precision=64-true Lightning loads a checkpoint's float64 weights into the still-float32
 # model before converting it, which rounds them (a Lightning limitation, see docs/reliability.md)
-DETERMINISTIC = ["--trainer.deterministic=true", "--data.fresh_rotations=true", "--model.transform_train=true",
+DETERMINISTIC = ["--trainer.deterministic=true", "--data.fresh_rotations=true", "--model.transform=group",
                  "--trainer.callbacks.every_n_train_steps=3"]
 
 
@@ -95,14 +94,14 @@ def _final_state(root: Path) -> dict[str, object]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_fit_killed_mid_epoch_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+def test_fit_killed_mid_epoch_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path: Path, fake_split) -> None:
     """SIGKILL mid-epoch, ``--ckpt_path last``: the run finishes, and in deterministic mode (with fresh
-    per-step rotations and transform_train, whose random streams must survive the restart) its final
+    per-step rotations and transform="group", whose random streams must survive the restart) its final
     weights and optimizer state equal those of the same run never interrupted, to 1e-12."""
     data = tmp_path / "data"
     data.mkdir()
-    _fake_split(data, "train", 72)
-    _fake_split(data, "t10k", 8)
+    fake_split(data, "train", 72)
+    fake_split(data, "t10k", 8)
     total = 20
     killed_root, plain_root = tmp_path / "killed", tmp_path / "plain"
     slow = ["--trainer.callbacks+=tests._slow_callback.SlowDown", "--trainer.callbacks.seconds=0.1"]

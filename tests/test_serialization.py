@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import equicanon as ec
-from equicanon.canonicalizers.backbones import SmallCNN
 from equicanon.canonicalizers.base import available, entry
+from equicanon.models import ConvEncoder
 
 CASES = [pytest.param(case, id=f"{name}:{case.name}") for name in available() for case in entry(name).test_cases()]
 
@@ -72,11 +72,11 @@ def test_whole_canonicalized_model_survives_torch_save_and_load(tmp_path) -> Non
 def test_contrastive_with_a_lazy_reference_round_trips_through_state_dict() -> None:
     """A reference drawn on the first call (feature size unknown until then) is restored into a fresh module."""
     torch.manual_seed(0)
-    source = ec.canonicalizers.Contrastive(ec.C(4), nn.Sequential(SmallCNN(1, out_dim=8, hidden=4))).eval()
+    source = ec.canonicalizers.Contrastive(ec.C(4), nn.Sequential(ConvEncoder(1, out_dim=8, hidden=4))).eval()
     assert source.reference.numel() == 0  # nn.Sequential has no out_dim: the size is found on the first call
     x = _images(2)
     expected = source(x)
-    fresh = ec.canonicalizers.Contrastive(ec.C(4), nn.Sequential(SmallCNN(1, out_dim=8, hidden=4))).eval()
+    fresh = ec.canonicalizers.Contrastive(ec.C(4), nn.Sequential(ConvEncoder(1, out_dim=8, hidden=4))).eval()
     fresh.load_state_dict(source.state_dict())
     assert _same(fresh(x), expected)
 
@@ -116,7 +116,7 @@ def test_torch_export_of_a_canonicalized_model_gives_the_same_outputs_and_stays_
 
 @pytest.mark.parametrize("name", ["contrastive", "sort"])
 def test_torch_export_of_other_discrete_canonicalizers(name: str) -> None:
-    case = entry(name).test_cases()[1]  # D(4) small_cnn; S(5)
+    case = entry(name).test_cases()[1]  # D(4) conv_encoder; S(5)
     torch.manual_seed(0)
     model = _Poses(case.make())
     exported = _export(model, _input(case, 0))

@@ -16,10 +16,8 @@ from equicanon.errors import ConfigError, DTypeError, ShapeError
 pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 from equicanon.cli import main
-from equicanon.training.sets import CanonicalizedSetMLP, SetDataModule, SetMLP
-from tests.test_training_cli import pytestmark as _cli_warning_filters
-
-pytestmark = _cli_warning_filters
+from equicanon.models import SetMLP
+from equicanon.training.sets import SetDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "set_sort_sn.yaml"
@@ -141,11 +139,19 @@ def test_bad_datamodule_arguments_are_config_errors(kwargs: dict[str, object], m
 # the models ------------------------------------------------------------------------------------------
 
 
+def sorted_mlp(set_size: int = 9, features: int = 4, outputs: int = 10, *, hidden: int = 128,
+               scorer_hidden: int = 32, temperature: float = 1.0) -> ec.Canonicalized:
+    """What configs/set_sort_sn.yaml builds: the plain MLP behind a Sort canonicalizer."""
+    predictor = SetMLP(set_size, features, outputs, hidden=hidden, layers=2)
+    canon = ec.canonicalizers.Sort(ec.S(set_size), features, hidden=scorer_hidden, layers=2, temperature=temperature)
+    return ec.Canonicalized(predictor, canon)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_canonicalized_set_mlp_is_exactly_invariant(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     group = ec.S(9)
-    model = CanonicalizedSetMLP(9, 4, 10, hidden=32, scorer_hidden=8).eval()
+    model = sorted_mlp(9, 4, 10, hidden=32, scorer_hidden=8).eval()
     x, _ = make_set_task(6, set_size=9, generator=_gen(7))
     action = ec.actions.Set(group)
     ec.testing.assert_invariant(model, group, action, x, dtype=dtype, atol=0.0, rtol=0.0)
@@ -164,15 +170,23 @@ def test_plain_set_mlp_depends_on_order() -> None:  # what the canonicalizer fix
 
 def test_model_arguments_are_checked() -> None:
     with pytest.raises(ConfigError, match="temperature"):
-        CanonicalizedSetMLP(temperature=0.0)
+        sorted_mlp(temperature=0.0)
     with pytest.raises(ConfigError, match="layers"):
         SetMLP(layers=-1)
-    with pytest.raises(ConfigError, match="scorer_hidden"):
-        CanonicalizedSetMLP(scorer_hidden=0)
+    with pytest.raises(ConfigError, match="hidden"):
+        sorted_mlp(scorer_hidden=0)
     with pytest.raises(ShapeError, match=r"\(B, 9, 4\)"):
-        CanonicalizedSetMLP()(torch.randn(2, 8, 4))
+        sorted_mlp()(torch.randn(2, 8, 4))
     with pytest.raises(ShapeError, match="n=9"):
         SetMLP()(torch.randn(2, 8, 4))
+
+
+def test_the_plain_baseline_replaces_the_model_on_the_command_line(tmp_path: Path) -> None:
+    from equicanon.training.cli import build_cli
+
+    cli = build_cli(["--config", str(CONFIG), "--model.model=equicanon.models.SetMLP", "--trainer.logger=false",
+                     f"--trainer.default_root_dir={tmp_path}"], run=False)  # the baseline of the config's header
+    assert type(cli.model.model) is SetMLP and cli.model.model.set_size == 9
 
 
 # training --------------------------------------------------------------------------------------------
@@ -218,7 +232,7 @@ def test_canonicalized_mlp_beats_plain_mlp_on_shuffled_sets() -> None:
     torch.manual_seed(0)
     plain = SetMLP(8, 4, 10, hidden=64)
     torch.manual_seed(0)
-    canon = CanonicalizedSetMLP(8, 4, 10, hidden=64, scorer_hidden=32)
+    canon = sorted_mlp(8, 4, 10, hidden=64, scorer_hidden=32)
     for model in (plain, canon):  # the same budget: 300 steps of 64 sets
         _train(model, x, y, steps=300)
     plain_acc, canon_acc = _accuracy(plain, test_x, test_y), _accuracy(canon, test_x, test_y)

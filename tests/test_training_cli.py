@@ -3,53 +3,25 @@ synthetic IDX files), checkpoints load back, and bad configs fail with equicanon
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import equicanon as ec
 from equicanon.errors import ConfigError
-from tests.test_data import _fake_split
 
 pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 from equicanon.cli import main
 from equicanon.data import DataNotFoundError
+from equicanon.training.cli import build_cli
 from equicanon.training.data import FashionMNISTDataModule
-from equicanon.training.models import CanonicalizedCNN, canonicalized_cnn, parse_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*does not have many workers",
-    "ignore:.*treespec, LeafSpec",
-    "ignore:.*The number of training batches",
-    "ignore:.*could not find the monitored key",
-    "ignore:.*dirpath has changed",
-    "ignore:.*tensorboardX",
-    "ignore:.*LightningCLI's args parameter",
-    "ignore:.*Checkpoint directory .* exists and is not empty",
-    "ignore::DeprecationWarning:lightning.pytorch.cli",  # jsonargparse 4.49+ deprecations inside Lightning's CLI
-)
-
-
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("fashion")
-    _fake_split(folder, "train", 48)
-    _fake_split(folder, "t10k", 16)
-    return folder
-
-
-def smoke(config: Path, data: Path, root: Path) -> list[str]:
-    """Overrides that shrink any config to seconds: 16 images, batches of 8, no progress bar."""
-    data_dir = [f"--data.data_dir={data}"] if "data_dir" in config.read_text() else []  # generated data has none
-    return ["--config", str(config), *data_dir, "--data.train_size=16", "--data.val_size=8",
-            "--data.test_size=8", "--data.batch_size=8", f"--trainer.default_root_dir={root}",
-            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1"]
 
 
 def test_there_are_configs() -> None:
@@ -57,7 +29,7 @@ def test_there_are_configs() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_config_fits_then_validates_and_tests_from_checkpoint(config: Path, fake_data: Path, tmp_path: Path,
+def test_config_fits_then_validates_and_tests_from_checkpoint(config: Path, fake_data: Path, tmp_path: Path, smoke,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     args = smoke(config, fake_data, tmp_path)
     assert main(["fit", *args, "--trainer.max_steps=2", "--trainer.max_epochs=1"]) == 0
@@ -71,25 +43,121 @@ def test_config_fits_then_validates_and_tests_from_checkpoint(config: Path, fake
     assert "val/pose_agreement" in out and ("test/acc_transformed" in out or "test/mse_transformed" in out)
 
 
-def test_unknown_group_is_a_config_error_naming_close_matches(fake_data: Path, tmp_path: Path,
+GROUP = "--model.model.init_args.canonicalizer.init_args.group"
+
+
+def test_unknown_group_is_a_config_error_naming_close_matches(fake_data: Path, tmp_path: Path, smoke,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match=r"unknown group 'C4x'.*did you mean 'C4'"):
-        parse_group("C4x")
-    with pytest.raises(ConfigError, match=r"did you mean 'SO2'"):
-        canonicalized_cnn("SO3")
-    args = [*smoke(CONFIGS[0], fake_data, tmp_path), "--model.model.init_args.group=S02"]
+    args = [*smoke(ROOT / "configs" / "rotated_fashion_mnist_c4.yaml", fake_data, tmp_path), f"{GROUP}=S02"]
     assert main(["fit", *args]) == 2
     assert "did you mean 'SO2'" in capsys.readouterr().err
 
 
-def test_group_names_parse() -> None:
-    assert parse_group("C4") == ec.C(4) and parse_group("c8") == ec.C(8) and parse_group("D(4)") == ec.D(4)
-    assert parse_group("SO2") == ec.SO2() and parse_group("O2()") == ec.O2()
-    model = CanonicalizedCNN("D4", hidden=4, layers=2, kernel_size=3, width=4)
-    assert model.group == ec.D(4) and model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+def _model(config: Path, root: Path) -> torch.nn.Module:
+    """The model a config builds (seeded by its ``seed_everything``), without data or training."""
+    args = ["--config", str(config), "--trainer.logger=false", f"--trainer.default_root_dir={root}"]
+    return build_cli(args, run=False).model.model
 
 
-def test_missing_data_is_data_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _same_parameters(built: torch.nn.Module, expected: torch.nn.Module) -> None:
+    a, b = built.state_dict(), expected.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a), "same layout, other weights"
+
+
+def _seed(seed: int = 0) -> None:
+    torch.manual_seed(seed)
+
+
+def _gconv(group: str, **kwargs: object) -> ec.canonicalizers.GroupConv:
+    options = {"hidden": 16, "layers": 3, "kernel_size": 3, "crop": None, "resize": None, "temperature": 1.0,
+               "gumbel": False, "padding": "zeros", "rotations": 8, "batch_norm": True, "filters": "auto",
+               "pool": False, **kwargs}
+    return ec.canonicalizers.GroupConv(group, 1, **options)  # type: ignore[arg-type]
+
+
+def _cnn_config(group: str) -> torch.nn.Module:
+    _seed()
+    predictor = ec.models.SmallCNN(10, 1, 32, True)
+    return ec.Canonicalized(predictor, _gconv(group))
+
+
+def _contrastive_config() -> torch.nn.Module:
+    _seed()
+    predictor = ec.models.SmallCNN(10, 1, 32, True)
+    network = ec.models.ConvEncoder(1, out_dim=64, hidden=16)
+    return ec.Canonicalized(predictor, ec.canonicalizers.Contrastive("C4", network, in_channels=1, embed_dim=32))
+
+
+def _points_config(group: str) -> torch.nn.Module:
+    _seed()
+    predictor = ec.models.PointEncoder(3, out_dim=10, hidden=128)
+    return ec.Canonicalized(predictor, ec.canonicalizers.VectorNeurons(group, hidden=16, layers=2, k=8))
+
+
+def _set_config() -> torch.nn.Module:
+    _seed()
+    predictor = ec.models.SetMLP(9, 4, 10, hidden=128, layers=2)
+    return ec.Canonicalized(predictor, ec.canonicalizers.Sort("S9", 4, hidden=32, layers=2, temperature=1.0))
+
+
+def _nbody_config() -> torch.nn.Module:
+    _seed()
+    predictor = ec.models.NBodyTransformer(1, width=64, depth=2, heads=4)
+    canon = ec.canonicalizers.ParticleVectorNeurons("SE3", 1, hidden=32, layers=2)
+    return ec.Canonicalized(predictor, canon, output=ec.actions.Points(ec.SE3()))
+
+
+#: what each config builds, written with the library's classes (the settings its former per-task class had)
+EXPECTED = {
+    "rotated_fashion_mnist_c4": lambda: _cnn_config("C4"),
+    "rotated_mnist_c4": lambda: _cnn_config("C4"),
+    "rotated_mnist_c8_random": lambda: _cnn_config("C8"),
+    "rotated_mnist_d4": lambda: _cnn_config("D4"),
+    "contrastive_fashion_mnist_c4": _contrastive_config,
+    "pointcloud_vn_so3": lambda: _points_config("SO3"),
+    "pointcloud_vn_o3": lambda: _points_config("O3"),
+    "set_sort_sn": _set_config,
+    "nbody_se3": _nbody_config,
+}
+
+
+def test_every_config_is_checked_here_or_in_test_image_configs() -> None:
+    assert {c.stem for c in CONFIGS} == {*EXPECTED, "pretrained_efficientnet_fashion_mnist_c8"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_builds_a_canonicalized_model_of_library_parts(name: str, tmp_path: Path) -> None:
+    model = _model(ROOT / "configs" / f"{name}.yaml", tmp_path)
+    assert type(model) is ec.Canonicalized
+    _same_parameters(model, EXPECTED[name]())
+
+
+def test_print_config_shows_every_canonicalizer_and_predictor_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(ROOT / "configs" / "rotated_fashion_mnist_c4.yaml"), "--print_config"])
+    assert stop.value.code in (0, None)
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["model"]
+    assert model["class_path"] == "equicanon.Canonicalized"
+    parts = model["init_args"]
+    for key, path, cls in (("canonicalizer", "equicanon.canonicalizers.GroupConv", ec.canonicalizers.GroupConv),
+                           ("predictor", "equicanon.models.SmallCNN", ec.models.SmallCNN)):
+        assert parts[key]["class_path"] == path
+        assert set(parts[key]["init_args"]) == set(inspect.signature(cls).parameters)
+    assert parts["canonicalizer"]["init_args"]["group"] == "C4"
+
+
+@pytest.mark.parametrize("name", ec.canonicalizers.available())
+def test_every_canonicalizer_argument_is_a_config_key(name: str) -> None:
+    from jsonargparse import ArgumentParser
+
+    cls = ec.canonicalizers.entry(name).cls
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "canonicalizer")  # jsonargparse leaves out arguments whose type it cannot read
+    assert set(parser.get_defaults().canonicalizer.keys()) == set(inspect.signature(cls).parameters)
+
+
+def test_missing_data_is_data_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str], smoke) -> None:
     dm = FashionMNISTDataModule(str(tmp_path / "empty"), train_size=8, val_size=8)
     with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
         dm.setup("fit")
@@ -98,8 +166,8 @@ def test_missing_data_is_data_not_found(tmp_path: Path, capsys: pytest.CaptureFi
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("rotate", ["none", "random", "C4", "D4"])
-def test_datamodule_splits_are_disjoint_and_rotated_as_asked(fake_data: Path, rotate: str) -> None:
+@pytest.mark.parametrize("rotate", [None, "SO2", "C4", "D4"])
+def test_datamodule_splits_are_disjoint_and_rotated_as_asked(fake_data: Path, rotate: str | None) -> None:
     dm = FashionMNISTDataModule(str(fake_data), train_size=16, val_size=8, test_size=8, batch_size=4,
                                 rotate=rotate)
     dm.setup(None)
@@ -108,8 +176,16 @@ def test_datamodule_splits_are_disjoint_and_rotated_as_asked(fake_data: Path, ro
     assert len(dm.train_set) == 16 and len(dm.val_set) == 8 and len(dm.test_set) == 8  # type: ignore[arg-type]
     upright = ec.data.load_fashion_mnist("train", fake_data)[0][-8:, None].float() / 255
     val_x = dm.val_set.tensors[0]  # type: ignore[union-attr]
-    assert torch.equal(val_x, upright) == (rotate == "none")
+    assert torch.equal(val_x, upright) == (rotate is None)
     if rotate in ("C4", "D4"):  # exact index operations: the same pixel values, moved
         assert torch.equal(val_x.flatten(1).sort(dim=1).values, upright.flatten(1).sort(dim=1).values)
     with pytest.raises(ConfigError, match="did you mean"):
         FashionMNISTDataModule(rotate="C4x")
+
+
+@pytest.mark.parametrize(("old", "new"), [("random", "'SO2'"), ("none", "null")])
+def test_old_rotate_spellings_say_what_to_write_now(old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=f"rotate: '{old}' is no longer accepted; write {new}"):
+        FashionMNISTDataModule(rotate=old)
+    with pytest.raises(ConfigError, match="not accepted here: expected a planar group"):
+        FashionMNISTDataModule(rotate="SO3")

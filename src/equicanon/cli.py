@@ -32,8 +32,8 @@ def _plot(args: argparse.Namespace) -> int:
         plot_checkpoint(args.config, args.ckpt_path, args.out, samples=args.samples, angles=args.angles,
                         overrides=args.overrides)
     except (ValueError, TypeError) as e:  # jsonargparse wraps equicanon's errors: show ours
-        cause = _equicanon_cause(e)
-        if cause is None or cause is e:
+        cause = None if isinstance(e, EquicanonError) else _equicanon_cause(e)  # ours already: as it is
+        if cause is None:
             raise
         raise cause from e
     return 0

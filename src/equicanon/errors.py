@@ -191,12 +191,10 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
 def check_number(value: object, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
     """Return ``value`` as a finite ``float`` (``>= minimum``, or ``> minimum`` if ``strict``); else raise ConfigError."""
     bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if strict else value >= minimum  # type: ignore[operator]
-    if not ok:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (minimum is not None and (value <= minimum if strict else value < minimum)):
         raise ConfigError(f"{name}: expected a finite number{bound}, got {_describe(value)}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def suggest(name: str, options: Mapping[str, object] | Iterable[str]) -> str:

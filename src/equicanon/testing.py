@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from torch import nn
 from .actions import Action
 from .errors import EquicanonError, EquivarianceError, ShapeError
 from .groups import Group
+
+if TYPE_CHECKING:
+    from .canonicalizers.base import Canonicalizer
 
 __all__ = [
     "EquivarianceReport",
@@ -201,7 +205,7 @@ def assert_equivariant(
     in_action: Action,
     out_action: Action | Sequence[Action],
     x: torch.Tensor | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> EquivarianceReport:
     """Check ``f(g·x) == g⋆f(x)`` on ``group``'s testing elements; raise if not.
 
@@ -214,7 +218,7 @@ def assert_equivariant(
     Returns:
         The :class:`EquivarianceReport`, for logging the errors found.
     """
-    report = equivariance_error(f, group, in_action, out_action, x, **kwargs)  # type: ignore[arg-type]
+    report = equivariance_error(f, group, in_action, out_action, x, **kwargs)
     if not report.passed:
         raise EquivarianceError(f"f is not equivariant: {report}")
     if report.notes:
@@ -223,7 +227,7 @@ def assert_equivariant(
 
 
 def assert_invariant(f: Callable[[torch.Tensor], object], group: Group, in_action: Action,
-                     x: torch.Tensor | None = None, **kwargs: object) -> EquivarianceReport:
+                     x: torch.Tensor | None = None, **kwargs: Any) -> EquivarianceReport:
     """:func:`assert_equivariant` with the trivial output action: ``f(g·x) == f(x)``."""
     from .actions import Trivial
 
@@ -242,7 +246,7 @@ class CanonicalizerReport:
         return self.canonical.passed and self.pose.passed
 
 
-def canonicalizer_error(canonicalizer: nn.Module, x: torch.Tensor | None = None, *,
+def canonicalizer_error(canonicalizer: Canonicalizer, x: torch.Tensor | None = None, *,
                         elements: torch.Tensor | None = None, dtype: torch.dtype | None = torch.float64,
                         atol: float | None = None, rtol: float | None = None, batch: int = 2) -> CanonicalizerReport:
     """Measure how far ``canonical(g·x) = canonical(x)`` and ``pose(g·x) = g pose(x)`` are from holding.
@@ -252,7 +256,7 @@ def canonicalizer_error(canonicalizer: nn.Module, x: torch.Tensor | None = None,
     """
     from .actions import Pose, Trivial
 
-    group, action = canonicalizer.group, canonicalizer.action  # type: ignore[attr-defined]
+    group, action = canonicalizer.group, canonicalizer.action
     model = copy.deepcopy(canonicalizer)
     if dtype is not None:
         model = model.to(dtype)
@@ -262,20 +266,20 @@ def canonicalizer_error(canonicalizer: nn.Module, x: torch.Tensor | None = None,
     if elements is None:
         elements = group.testing_elements(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
     elements = group.cast(elements, dtype)
-    common = {"elements": elements, "dtype": None, "atol": atol, "rtol": rtol}
+    common: dict[str, Any] = {"elements": elements, "dtype": None, "atol": atol, "rtol": rtol}
     canonical = equivariance_error(lambda t: model(t).canonical, group, action, Trivial(), x, **common)
     pose = equivariance_error(lambda t: model(t).pose, group, action, Pose(group), x, **common)
     return CanonicalizerReport(canonical, pose)
 
 
-def assert_canonicalizer(canonicalizer: nn.Module, x: torch.Tensor | None = None, **kwargs: object
+def assert_canonicalizer(canonicalizer: Canonicalizer, x: torch.Tensor | None = None, **kwargs: Any
                          ) -> CanonicalizerReport:
     """Assert that a canonicalizer's canonical form is invariant and its pose equivariant.
 
     Takes the arguments of :func:`canonicalizer_error`; raises :class:`EquivarianceError`
     naming which property failed, the worst element and the error.
     """
-    report = canonicalizer_error(canonicalizer, x, **kwargs)  # type: ignore[arg-type]
+    report = canonicalizer_error(canonicalizer, x, **kwargs)
     for what, r in (("canonical form is not invariant", report.canonical), ("pose is not equivariant", report.pose)):
         if not r.passed:
             raise EquivarianceError(f"{type(canonicalizer).__name__}: {what}: {r}")
