@@ -147,3 +147,10 @@ def test_pointcloud_accuracy() -> None:
     for row in rows(out, "VN(SO3)-canonicalized PointEncoder"):
         assert row[3] == row[4], row  # invariant: the same accuracy on rotated test clouds
     assert re.search(r"\b5 steps of batch 32", out)
+
+
+def test_training_recipe(fake_data: Path) -> None:
+    out = ok(run("training_recipe", "--data_dir", str(fake_data)))
+    for name in ("prior on upright batches", "prior on moved batches"):
+        (row,) = rows(out, name)
+        assert row[1] == row[3], row  # quarter turns are exact: the same accuracy upright and at 90°
