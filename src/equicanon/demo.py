@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .actions import Image
+from .actions.functional import rotate_image
 from .adapt import Canonicalized
 from .canonicalizers import create
 from .data import FASHION_MNIST_CLASSES, load_fashion_mnist
@@ -63,8 +63,8 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 5
     return pred == y
 
 
-def _train(model: nn.Module, data: Any, steps: int, cfg: DemoConfig, name: str, verbose: bool, seed: int,
-           **options: Any) -> float:
+def _train(model: nn.Module, data: Any, steps: int, cfg: DemoConfig, name: str, verbose: bool,
+           generator: torch.Generator, **options: Any) -> float:
     """:func:`equicanon.training.fit` with Adam and a one-cycle schedule; returns the wall time in seconds."""
     every = max(1, steps // 10)
 
@@ -73,8 +73,8 @@ def _train(model: nn.Module, data: Any, steps: int, cfg: DemoConfig, name: str, 
             print(f"\r  {name}: step {i + 1}/{steps}, loss {log['loss']:.3f}", end="", flush=True)
 
     start = time.perf_counter()
-    fit(model, data, steps, lr=cfg.lr, lr_schedule="onecycle", batch_size=cfg.batch, seed=seed, callback=progress,
-        **options)
+    fit(model, data, steps, lr=cfg.lr, lr_schedule="onecycle", batch_size=cfg.batch, generator=generator,
+        callback=progress, **options)
     if verbose:
         print()
     return time.perf_counter() - start
@@ -102,38 +102,39 @@ def run_demo(out: str | Path = "equicanon-demo", config: DemoConfig | None = Non
     x_test = x_test[: cfg.test_images, None].float() / 255
     y_test = y_test[: cfg.test_images]
     test_angles = torch.rand(len(x_test), generator=gen) * 360
-    x_test_rot = Image(SO2())(SO2().from_angle(test_angles, degrees=True), x_test)
+    x_test_rot = rotate_image(x_test, SO2().from_angle(test_angles, degrees=True))
     say(f"Fashion-MNIST: {len(x_train)} training images, {len(x_test)} test images; "
         f"{cfg.steps} steps of batch {cfg.batch} per model; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     labelled = (x_train, y_train)
-    turn = Image(SO2())  # uniform random angles: the augmentation, and the test-time rotations
 
     def rotate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return turn(SO2().sample(x.shape[0], generator=generator), x)
+        """The augmentation: uniform random angles in [-180°, 180°)."""
+        degrees = (torch.rand(x.shape[0], generator=generator) - 0.5) * 360
+        return rotate_image(x, SO2().from_angle(degrees, degrees=True))
 
     results: dict[str, dict[str, float]] = {}
     models: dict[str, nn.Module] = {}
 
     vanilla = SmallCNN()
-    seconds = _train(vanilla, labelled, cfg.steps, cfg, "vanilla", verbose, cfg.seed + 1)
+    seconds = _train(vanilla, labelled, cfg.steps, cfg, "vanilla", verbose, gen)
     models["vanilla"], results["vanilla"] = vanilla, {"train_seconds": seconds}
 
     augmented = SmallCNN()
-    seconds = _train(augmented, labelled, cfg.steps, cfg, "augmented", verbose, cfg.seed + 2, augment=rotate)
+    seconds = _train(augmented, labelled, cfg.steps, cfg, "augmented", verbose, gen, augment=rotate)
     models["augmented"], results["augmented"] = augmented, {"train_seconds": seconds}
 
     # The canonicalizer with the library's default network, looking at the image shrunk to 16 pixels; trained
     # with the prior on upright images turned by continuous angles, aimed at the nearest C(8) element.
     canonicalizer = create("group_conv", group=C(cfg.rotations), in_channels=1, resize=16)
     canon_steps = round(cfg.steps * cfg.canonicalizer_share)
-    seconds = _train(canonicalizer, x_train, canon_steps, cfg, "canonicalizer (prior)", verbose, cfg.seed + 3,
+    seconds = _train(canonicalizer, x_train, canon_steps, cfg, "canonicalizer (prior)", verbose, gen,
                      prior_weight=1.0, transform="angle")
     canonicalizer.requires_grad_(False)
     # Then the CNN on canonical forms of randomly rotated images (the canonicalizer frozen, in eval mode).
     predictor = SmallCNN()
     model = Canonicalized(predictor, canonicalizer)
-    seconds += _train(model, labelled, cfg.steps - canon_steps, cfg, "canonicalized CNN", verbose, cfg.seed + 4,
+    seconds += _train(model, labelled, cfg.steps - canon_steps, cfg, "canonicalized CNN", verbose, gen,
                       augment=rotate, transform=None)
     models["canonicalized"] = model
     results["canonicalized"] = {"train_seconds": seconds}

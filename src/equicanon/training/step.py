@@ -265,7 +265,8 @@ def _frozen(module: nn.Module) -> bool:
 
 
 def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3,
-        lr_schedule: str | None = None, batch_size: int = 64, seed: int = 0, labels: bool | None = None,
+        lr_schedule: str | None = None, batch_size: int = 64, seed: int = 0,
+        generator: torch.Generator | None = None, labels: bool | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         callback: Callable[[int, dict[str, float]], None] | None = None, task_loss: TaskLoss = None,
         prior_weight: float = 0.0, contrastive_weight: float = 0.0, transform: str | None = "auto",
@@ -288,6 +289,8 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
         lr_schedule: ``None`` (constant) or ``"onecycle"`` (warm-up over 15% of the steps, then cosine decay).
         batch_size: inputs per step when ``data`` is a tensor or a pair.
         seed: seeds the batches, ``augment`` and the transform's elements (one generator, in that order).
+        generator: a CPU generator to draw from instead of a new one seeded by ``seed`` (so that several calls
+            continue one random stream).
         labels: ``None`` use labels where the batches have them; ``True`` require them; ``False`` ignore them
             (regularizers only: the predictor is not run).
         callback: ``callback(step, {"loss": ..., "task": ..., "prior": ...})`` after every step.
@@ -310,7 +313,8 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
     if lr_schedule == "onecycle":
         peaks = [group["lr"] for group in optimizer.param_groups]
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps, pct_start=0.15)
-    generator = torch.Generator().manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
     device = _device_of(model)
     source = batches(data, batch_size, generator)
     logs: list[dict[str, float]] = []
