@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..actions import Image
 from ..errors import ConfigError, GroupMismatchError, check_floating, check_positive_int, check_shape
-from ..groups import O2, SO2, C, D, FiniteGroup, Group, PlanarFiniteGroup
-from ..nn import EquivariantAvgPool2d, GroupBatchNorm, GroupConv2d, LiftingConv2d
+from ..groups import O2, SO2, C, D, FiniteGroup, Group, PlanarFiniteGroup, as_group
+from ..nn import GroupBatchNorm, GroupConv2d, LiftingConv2d
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import discrete_canonicalize, gram_schmidt, identity_cross_entropy, matrix_prior, regular_to_matrix
 
@@ -43,13 +46,11 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _network_group(group: Group, rotations: int) -> PlanarFiniteGroup:
-    if isinstance(group, PlanarFiniteGroup):
-        return group
-    if isinstance(group, SO2):
-        return C(rotations)
-    if isinstance(group, O2):
-        return D(rotations)
-    raise GroupMismatchError(f"GroupConv canonicalizes images under C(n), D(n), SO2() or O2(), got {group!r}")
+    if group.kind != "planar":
+        raise GroupMismatchError(f"GroupConv canonicalizes images under C(n), D(n), SO2() or O2(), got {group!r}")
+    if group.is_finite:
+        return cast(PlanarFiniteGroup, group)  # finite and planar: C(n) or D(n)
+    return D(rotations) if group.has_reflections else C(rotations)
 
 
 class GroupConv(Canonicalizer):
@@ -57,12 +58,14 @@ class GroupConv(Canonicalizer):
 
     A lifting convolution and ``layers - 1`` group convolutions on the regular
     representation produce logits ``ℓ (B, |G|)`` that permute under the group.
+    Each convolution but the last is followed by group batch norm and a ReLU; feature maps
+    larger than ``pool_above`` pixels are halved right after their convolution.
     For ``C(n)``/``D(n)`` the pose is ``argmax ℓ`` (straight-through gradients
     in training); for ``SO2()``/``O2()`` the network runs on ``C(rotations)`` /
     ``D(rotations)`` and the pose is the orthogonal part of ``Σ_h ℓ_h ρ(h)``.
 
     Args:
-        group: pose group: ``C(n)``, ``D(n)``, ``SO2()`` or ``O2()``.
+        group: pose group: ``C(n)``, ``D(n)``, ``SO2()`` or ``O2()``, or its name (``"C8"``).
         in_channels: channels of the input images.
         hidden: channels per group element in the hidden layers.
         layers: number of convolution layers (>= 2).
@@ -78,10 +81,15 @@ class GroupConv(Canonicalizer):
             angles other than multiples of 90° bring in.
         rotations: size of the rotation subgroup the network uses for SO2()/O2() poses.
         batch_norm: use :class:`equicanon.nn.GroupBatchNorm` between layers.
-        pool: halve the feature maps before every group convolution with
-            :class:`equicanon.nn.EquivariantAvgPool2d` (centred, so equivariance is kept). The pose
-            is global, so full resolution in every layer is wasted work: with ``layers=3`` this cuts
-            the cost about 4x (``docs/benchmarks.md``).
+        pool: halve the output of every convolution but the last whose input's shorter side is
+            longer than ``pool_above`` pixels, with :class:`equicanon.nn.EquivariantAvgPool2d`
+            (centred, so equivariance is kept; fused into the convolution as one stride-2
+            convolution). The pose is one global quantity, so full resolution in every layer is
+            wasted work: on the paper's 96-pixel view (maps 96 → 48 → 24) the network has a tenth
+            of the multiply-adds of the unpooled one, 2.7% of a ResNet-50's (``docs/benchmarks.md``).
+        pool_above: the longest map side that is not pooled: 96 → 48 → 24, 48 → 24 → 12 and
+            28 → 14 → 14 pixels, while a 16-pixel view (the demo's) keeps full resolution, where
+            pooling it to 4 pixels costs pose accuracy and saves little time. ``0`` pools every layer.
         filters: ``"free"``, ``"steerable"`` or ``"auto"`` (steerable when the network's group has
             angles other than multiples of 90°); see :mod:`equicanon.nn`.
 
@@ -92,13 +100,16 @@ class GroupConv(Canonicalizer):
         (torch.Size([2, 3, 29, 29]), torch.Size([2]), torch.Size([2, 4]))
     """
 
-    def __init__(self, group: Group, in_channels: int, *, hidden: int = 16, layers: int = 3, kernel_size: int = 5,
+    def __init__(self, group: Group | str, in_channels: int, *, hidden: int = 8, layers: int = 3, kernel_size: int = 5,
                  crop: float | None = None, resize: int | None = None, temperature: float = 1.0,
                  gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True,
-                 filters: str = "auto", pool: bool = False) -> None:
+                 filters: str = "auto", pool: bool = True, pool_above: int = 16) -> None:
         super().__init__()
+        check_positive_int(hidden, "hidden")  # here, so a bad width is reported as hidden, not out_channels
+        group = as_group(group, where=lambda g: g.kind == "planar", expected="C(n), D(n), SO2() or O2()")
         self.group = group
         self.pool = bool(pool)
+        self.pool_above = check_positive_int(pool_above, "pool_above", minimum=0)
         self.net_group = _network_group(group, check_positive_int(rotations, "rotations"))
         self.action = Image(group, padding=padding)
         self.in_channels = check_positive_int(in_channels, "in_channels")
@@ -115,17 +126,16 @@ class GroupConv(Canonicalizer):
         # A bias is dead weight before batch norm (which removes it) and in the last layer (a shift
         # of all logits changes neither the argmax nor the softmax): convolutions have one only
         # when a ReLU follows them directly.
+        above = self.pool_above if self.pool else None
         blocks: list[nn.Module] = [LiftingConv2d(g, in_channels, hidden, kernel_size, bias=not batch_norm,
-                                                 filters=filters)]
+                                                 filters=filters, pool_above=above)]
         for i in range(layers - 1):
             if batch_norm:
                 blocks.append(GroupBatchNorm(hidden))
-            blocks.append(nn.ReLU())
-            if self.pool:
-                blocks.append(EquivariantAvgPool2d())
+            blocks.append(nn.ReLU(inplace=True))
             last = i == layers - 2
             blocks.append(GroupConv2d(g, hidden, 1 if last else hidden, kernel_size, bias=not (batch_norm or last),
-                                      filters=filters))
+                                      filters=filters, pool_above=None if last else above))
         self.net = nn.Sequential(*blocks)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,16 +148,17 @@ class GroupConv(Canonicalizer):
         check_shape(x, "B C H W", C=self.in_channels)
         check_floating(x)
         logits = self.logits(x)
-        if isinstance(self.group, FiniteGroup):
+        if self.group.is_finite:
             noise = None
             if self.gumbel and self.training:
                 u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)
                 noise = -torch.log(-torch.log(u))
-            canonical, pose = discrete_canonicalize(x, logits, self.group, self.action,
-                                                    temperature=self.temperature, noise=noise)
+            group = cast(FiniteGroup, self.group)  # is_finite: C(n) or D(n)
+            canonical, pose = discrete_canonicalize(x, logits, group, self.action, temperature=self.temperature,
+                                                    noise=noise)
             return Canonicalization(canonical, pose, self.group, logits=logits)
         matrix = regular_to_matrix(self.net_group, logits)
-        pose = gram_schmidt(matrix, special=isinstance(self.group, SO2))
+        pose = gram_schmidt(matrix, special=not self.group.has_reflections)
         canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)
         return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix})
 
@@ -164,11 +175,13 @@ class GroupConv(Canonicalizer):
 def _cases() -> list[RegistryCase]:
     shape = (2, 3, "size", "size")
     cases = [
-        RegistryCase(f"{g}", lambda g=g: GroupConv(g, 3, hidden=4, layers=3, kernel_size=3), shape)
+        RegistryCase(f"{g}", partial(GroupConv, g, 3, hidden=4, layers=3, kernel_size=3), shape)
         for g in (C(4), D(4), C(2), D(1))
     ]
     cases.append(RegistryCase("C(4) crop+resize", lambda: GroupConv(C(4), 3, hidden=4, crop=0.8, resize=15), shape))
-    cases.append(RegistryCase("D(4) pool", lambda: GroupConv(D(4), 3, hidden=4, kernel_size=3, pool=True), shape))
+    cases.append(RegistryCase("D(4) pool every layer", lambda: GroupConv(D(4), 3, hidden=4, kernel_size=3, pool_above=0),
+                              shape))
+    cases.append(RegistryCase("C(4) no pool", lambda: GroupConv(C(4), 3, hidden=4, kernel_size=3, pool=False), shape))
     cases.append(RegistryCase("C(8)", lambda: GroupConv(C(8), 3, hidden=4, kernel_size=3), shape, exact=False))
     cases.append(RegistryCase("SO2", lambda: GroupConv(SO2(), 3, hidden=4, kernel_size=3), shape, exact=False))
     cases.append(RegistryCase("O2", lambda: GroupConv(O2(), 3, hidden=4, kernel_size=3), shape, exact=False))

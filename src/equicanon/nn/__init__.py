@@ -1,5 +1,5 @@
 """Equivariant building blocks in plain torch: group convolutions (images), vector neurons
-(3-D points), DeepSets (sets); and plain ResNets (predictors to wrap)."""
+(3-D points), DeepSets (sets). Plain predictor networks live in :mod:`equicanon.models`."""
 
 from .gconv import (
     EquivariantAvgPool2d,
@@ -11,7 +11,6 @@ from .gconv import (
     steerable_basis,
     transform_filters,
 )
-from .resnet import ResNet, resnet50, resnet_small
 from .sets import DeepSetsLayer, DeepSetsScorer
 from .vector_neurons import VNBatchNorm, VNEdgeConv, VNInvariant, VNLeakyReLU, VNLinear, VNMeanPool, knn
 
@@ -33,7 +32,4 @@ __all__ = [
     "VNEdgeConv",
     "DeepSetsLayer",
     "DeepSetsScorer",
-    "ResNet",
-    "resnet50",
-    "resnet_small",
 ]

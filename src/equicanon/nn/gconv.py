@@ -24,11 +24,16 @@ so layers on C(4)/D(4) and their subgroups, and the quarter-turn elements of
 any C(n)/D(n), are exactly equivariant for odd and even image sizes (stride 1,
 symmetric "same" zero padding, odd kernels). Other angles are approximate;
 ``docs/images.md`` gives the measured error.
+
+Downsampling keeps the grid centre: :class:`EquivariantAvgPool2d` (2x2 windows at even sizes,
+3x3 with one pixel of padding at odd ones), also available inside the convolutions
+(``pool_above=``), where at even sizes the convolution and the pool are one stride-2 convolution.
 """
 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +42,8 @@ from torch import nn
 from ..actions import Action, Image, Regular
 from ..actions.base import _randn
 from ..actions.image import transform_image
-from ..errors import ConfigError, GroupMismatchError, check_choice, check_positive_int, check_shape
-from ..groups import Group, PlanarFiniteGroup
+from ..errors import ConfigError, check_choice, check_positive_int, check_shape
+from ..groups import Group, PlanarFiniteGroup, as_group
 
 __all__ = [
     "RegularFeatures",
@@ -52,10 +57,10 @@ __all__ = [
 ]
 
 
-def _check_group(group: object, what: str) -> PlanarFiniteGroup:
-    if not isinstance(group, PlanarFiniteGroup):
-        raise GroupMismatchError(f"{what} needs a finite planar group C(n) or D(n), got {group!r}")
-    return group
+def _check_group(group: Group | str, what: str) -> PlanarFiniteGroup:
+    checked = as_group(group, where=lambda g: g.is_finite and g.kind == "planar", what=what,
+                       expected="a finite planar group C(n) or D(n)")
+    return cast(PlanarFiniteGroup, checked)  # finite and planar: C(n) or D(n)
 
 
 def _check_kernel(kernel_size: object) -> int:
@@ -78,8 +83,7 @@ class RegularFeatures(Action):
         return f"RegularFeatures({self.group!r})"
 
     def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        assert isinstance(self.group, PlanarFiniteGroup)
-        sizes = check_shape(x, "B C G H W", G=self.group.order)
+        sizes = check_shape(x, "B C G H W", G=cast(PlanarFiniteGroup, self.group).order)
         b, c, n, h, w = x.shape
         g = self._elements(g, sizes["B"], x.device)
         moved = self._image(g, x.reshape(b, c * n, h, w)).reshape(b, c, n, h, w)
@@ -87,8 +91,7 @@ class RegularFeatures(Action):
 
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        assert isinstance(self.group, PlanarFiniteGroup)
-        return _randn((batch, 2, self.group.order, 13, 13), generator, dtype, device)
+        return _randn((batch, 2, cast(PlanarFiniteGroup, self.group).order, 13, 13), generator, dtype, device)
 
 
 FILTERS = ("auto", "free", "steerable")
@@ -163,7 +166,7 @@ def transform_filters(group: PlanarFiniteGroup, weight: torch.Tensor, *, regular
     return moved.transpose(0, 1)
 
 
-def _init_filters(module: nn.Module, group: PlanarFiniteGroup, shape: tuple[int, ...], kernel_size: int,
+def _init_filters(module: LiftingConv2d | GroupConv2d, group: PlanarFiniteGroup, shape: tuple[int, ...], kernel_size: int,
                   fan_in: int, filters: str) -> None:
     """Give ``module`` its ``weight`` parameter, ``basis`` buffer (``None`` for free filters) and ``filters`` kind."""
     filters = check_choice(filters, FILTERS, "filters")
@@ -179,16 +182,51 @@ def _init_filters(module: nn.Module, group: PlanarFiniteGroup, shape: tuple[int,
         module.weight = nn.Parameter(torch.randn(*shape, kernel_size, kernel_size) / math.sqrt(fan_in))
 
 
+def _check_pool_above(pool_above: object) -> int | None:
+    if pool_above is None:
+        return None
+    return check_positive_int(pool_above, "pool_above", minimum=0)
+
+
+def _conv(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None, pool_above: int | None) -> torch.Tensor:
+    """"Same" zero-padded stride-1 convolution of ``x (B, C, H, W)``, then, if the shorter side of ``x``
+    is longer than ``pool_above`` pixels, :class:`EquivariantAvgPool2d`.
+
+    At even sizes the convolution and the 2x2 average pool are one stride-2 convolution with
+    the filters smoothed by the 2x2 box (``(k+1) x (k+1)``): the same numbers for
+    ``(k+1)² / 4k²`` of the multiply-adds (0.36 for ``k = 5``), and the full-size map is never
+    stored. Odd sizes pool with the centred 3x3 window after the convolution.
+    """
+    k = filters.shape[-1]
+    h, w = x.shape[-2:]
+    if pool_above is None or min(h, w) <= pool_above:
+        return F.conv2d(x, filters, bias, padding=k // 2)
+    if h % 2 or w % 2:
+        return EquivariantAvgPool2d()(F.conv2d(x, filters, bias, padding=k // 2))
+    # out[j] = (y[2j] + y[2j+1]) / 2 = sum_b f[b] x[2j + b - k//2] with f[b] = (w[b] + w[b-1]) / 2, per axis
+    smooth = F.pad(filters, (0, 1)) + F.pad(filters, (1, 0))
+    smooth = (F.pad(smooth, (0, 0, 0, 1)) + F.pad(smooth, (0, 0, 1, 0))) / 4
+    return F.conv2d(x, smooth, bias, stride=2, padding=k // 2)
+
+
 class LiftingConv2d(nn.Module):
     """Lifting convolution: images ``(B, C_in, H, W)`` to regular features ``(B, C_out, |G|, H, W)``.
 
     Equivariant: ``lift(g·x) = g·lift(x)`` with :class:`equicanon.actions.Image` on the
     input and :class:`RegularFeatures` on the output. Stride 1, "same" zero padding.
+    With ``pool_above`` set, outputs of inputs whose shorter side is longer than ``pool_above``
+    pixels are halved by :class:`EquivariantAvgPool2d` (``0``: always), at even sizes fused into
+    the convolution (one stride-2 convolution, about a third of the multiply-adds).
     """
 
+    weight: nn.Parameter  # these three from _init_filters
+    basis: torch.Tensor | None
+    filters: str
+
     def __init__(self, group: Group, in_channels: int, out_channels: int, kernel_size: int = 5,
-                 bias: bool = True, filters: str = "auto") -> None:
+                 bias: bool = True, filters: str = "auto", pool_above: int | None = None) -> None:
         super().__init__()
+        self.pool_above = _check_pool_above(pool_above)
         self.group = _check_group(group, "LiftingConv2d")
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
@@ -199,16 +237,16 @@ class LiftingConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"filters={self.filters!r}")
+                f"filters={self.filters!r}" + (f", pool_above={self.pool_above}" if self.pool_above is not None else ""))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, C_in, H, W)`` → ``(B, C_out, |G|, H, W)``."""
+        """``x: (B, C_in, H, W)`` → ``(B, C_out, |G|, H, W)`` (``H/2``, ``W/2`` rounded up when pooled)."""
         sizes = check_shape(x, "B C H W", C=self.in_channels)
         n, k = self.group.order, self.kernel_size
         filters = transform_filters(self.group, self.weight, regular_input=False, basis=self.basis)
         filters = filters.reshape(self.out_channels * n, self.in_channels, k, k)
         bias = self.bias.repeat_interleave(n) if self.bias is not None else None
-        out = F.conv2d(x, filters, bias, padding=k // 2)
+        out = _conv(x, filters, bias, self.pool_above)
         return out.reshape(sizes["B"], self.out_channels, n, *out.shape[-2:])
 
 
@@ -217,12 +255,18 @@ class GroupConv2d(nn.Module):
 
     Equivariant under :class:`RegularFeatures` on input and output. Stride 1,
     "same" zero padding; the bias is one number per output channel, shared over
-    the group axis (a per-element bias would break equivariance).
+    the group axis (a per-element bias would break equivariance). ``pool_above`` halves the
+    output as in :class:`LiftingConv2d`.
     """
 
+    weight: nn.Parameter  # these three from _init_filters
+    basis: torch.Tensor | None
+    filters: str
+
     def __init__(self, group: Group, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 bias: bool = True, filters: str = "auto") -> None:
+                 bias: bool = True, filters: str = "auto", pool_above: int | None = None) -> None:
         super().__init__()
+        self.pool_above = _check_pool_above(pool_above)
         self.group = _check_group(group, "GroupConv2d")
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
@@ -234,16 +278,16 @@ class GroupConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"filters={self.filters!r}")
+                f"filters={self.filters!r}" + (f", pool_above={self.pool_above}" if self.pool_above is not None else ""))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)``."""
+        """``x: (B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)`` (``H/2``, ``W/2`` rounded up when pooled)."""
         n, k = self.group.order, self.kernel_size
         sizes = check_shape(x, "B C G H W", C=self.in_channels, G=n)
         filters = transform_filters(self.group, self.weight, regular_input=True, basis=self.basis)
         filters = filters.reshape(self.out_channels * n, self.in_channels * n, k, k)
         bias = self.bias.repeat_interleave(n) if self.bias is not None else None
-        out = F.conv2d(x.reshape(sizes["B"], self.in_channels * n, *x.shape[-2:]), filters, bias, padding=k // 2)
+        out = _conv(x.reshape(sizes["B"], self.in_channels * n, *x.shape[-2:]), filters, bias, self.pool_above)
         return out.reshape(sizes["B"], self.out_channels, n, *out.shape[-2:])
 
 
@@ -276,24 +320,20 @@ class EquivariantAvgPool2d(nn.Module):
     """Halve the spatial size while keeping the grid centre: rotation-equivariant downsampling.
 
     A plain stride-2 pool of an odd-sized image is centred off the grid centre,
-    so it breaks rotation equivariance. This pool uses a 2x2 window at even
-    sizes (``28 → 14``) and a 3x3 window with one pixel of zero padding at odd
-    sizes (``29 → 15``): the output grid is symmetric about the input's centre.
-    Works on ``(B, C, H, W)`` and ``(B, C, |G|, H, W)``.
+    so it breaks rotation equivariance. This pool uses a window of 2 pixels along
+    an even axis (``28 → 14``) and of 3 pixels with one pixel of zero padding
+    on each side along an odd axis (``29 → 15``): the output grid is symmetric
+    about the input's centre (on rectangles of mixed parity too, for the half
+    turns and flips that keep their shape). Works on ``(B, C, H, W)`` and
+    ``(B, C, |G|, H, W)``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 5:
             b, c, n, h, w = x.shape
-            return self(x.reshape(b, c * n, h, w)).reshape(b, c, n, *self._out(h, w))
+            return self(x.reshape(b, c * n, h, w)).reshape(b, c, n, (h + 1) // 2, (w + 1) // 2)
         check_shape(x, "B C H W")
         h, w = x.shape[-2:]
-        if h % 2 != w % 2:
-            raise ConfigError(f"EquivariantAvgPool2d needs H and W of the same parity, got {h}x{w}")
-        if h % 2 == 0:
+        if h % 2 == 0 and w % 2 == 0:
             return F.avg_pool2d(x, 2, 2)
-        return F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=True)
-
-    @staticmethod
-    def _out(h: int, w: int) -> tuple[int, int]:
-        return (h // 2, w // 2) if h % 2 == 0 else ((h + 1) // 2, (w + 1) // 2)
+        return F.avg_pool2d(x, (2 + h % 2, 2 + w % 2), 2, padding=(h % 2, w % 2), count_include_pad=True)
