@@ -19,7 +19,7 @@ default against the network used before, pose accuracy on held-out images at 0°
 
 Run: ``python benchmarks/performance.py`` (a few minutes on 2 CPU cores; ``--device cuda`` on a GPU;
 ``--quick`` for a seconds-long smoke run; ``--only inference,training`` for some sections;
-``--only pose`` for the pose check, about 15 minutes). Prints markdown tables and, unless ``--quick``,
+``--only pose`` for the pose check, 45 minutes on 2 busy CPU cores). Prints markdown tables and, unless ``--quick``,
 rewrites the generated parts of ``docs/benchmarks.md`` whose sections all ran (the timing tables, or the
 pose table), ``docs/benchmarks/{performance,pose}.json`` and the plot ``docs/benchmarks/performance.png``
 (needs matplotlib; skipped without it).
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     p.add_argument("--only", default=None, metavar="SECTIONS",
                    help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: the timing sections "
-                        f"{','.join(TIMING)}; 'pose' trains canonicalizers, about 15 minutes on 2 CPU cores). The "
+                        f"{','.join(TIMING)}; 'pose' trains canonicalizers, 45 minutes on 2 busy CPU cores). The "
                         "timing tables and the pose table are rewritten only by a run of all their sections")
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
