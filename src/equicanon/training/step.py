@@ -131,7 +131,12 @@ def move_batch(transform: str, action: Action, x: torch.Tensor, generator: torch
         raise ConfigError(f"transform='angle' turns images by continuous angles: it needs a planar group "
                           f"(C(n), D(n), SO2, O2), got {group!r}")
     continuous = O2() if group.has_reflections else SO2()
-    m = draw_elements(continuous, x.shape[0] * world, generator, x if x.is_floating_point() else x.float())[rank::world]
+    like = x if x.is_floating_point() else x.float()
+    if group.has_reflections:
+        m = draw_elements(continuous, x.shape[0] * world, generator, like)[rank::world]
+    else:  # uniform angles in degrees, [0, 360)
+        degrees = torch.rand(x.shape[0] * world, generator=generator)[rank::world] * 360
+        m = SO2().from_angle(degrees, degrees=True).to(device=like.device, dtype=like.dtype)
     padding = getattr(action, "padding", "zeros")
     moved = Image(continuous, padding=padding)(m, x)
     target = m if not group.is_finite else _nearest(group, m)
