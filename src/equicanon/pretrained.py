@@ -29,7 +29,7 @@ from .canonicalizers import create
 from .canonicalizers.base import Canonicalizer
 from .errors import ConfigError, check_number
 from .groups import Group, as_group
-from .training.step import Data, TaskLoss, fit
+from .training.step import Data, TaskLoss, device_of, fit
 
 __all__ = ["adapt_pretrained", "train_canonicalizer", "PAPER_VIEW"]
 
@@ -161,7 +161,7 @@ def adapt_pretrained(model: nn.Module, group: Group | str, *, in_channels: int =
         raise ConfigError("canonicalizer_args is for a canonicalizer given by name; this one is already built")
     elif canonicalizer.group != group:
         raise ConfigError(f"the canonicalizer's group {canonicalizer.group} is not {group}")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     adapted = Canonicalized(model, canonicalizer.to(device), output)
     if data is None:
         if steps:

@@ -260,7 +260,8 @@ def batches(data: Data, batch_size: int, generator: torch.Generator) -> Iterator
             raise ConfigError("data: the iterable gave no batches")
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a module without parameters)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
@@ -320,7 +321,7 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps, pct_start=0.15)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
-    device = _device_of(model)
+    device = device_of(model)
     source = batches(data, batch_size, generator)
     logs: list[dict[str, float]] = []
     model.train()
