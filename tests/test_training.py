@@ -75,7 +75,8 @@ def test_plain_model_regression_has_no_canonicalization_metrics() -> None:
 @pytest.mark.parametrize("prior_weight", [0.0, 2.5])
 def test_training_loss_is_task_loss_plus_weighted_prior(prior_weight: float) -> None:
     model = canonicalized()
-    module = CanonicalizationModule(model, prior_weight=prior_weight)
+    # exact C(4) moves: the loss of the moved batch is that of the batch as given
+    module = CanonicalizationModule(model, prior_weight=prior_weight, transform="group")
     module.train()
     x, y = next(iter(loader()))
     loss = module.training_step((x, y), 0)

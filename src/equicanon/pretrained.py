@@ -35,7 +35,7 @@ __all__ = ["adapt_pretrained", "train_canonicalizer", "PAPER_VIEW"]
 
 def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetune: bool = False,
                         task_loss: TaskLoss = None, prior_weight: float = 100.0, contrastive_weight: float = 0.0,
-                        transform: str | None = "group",
+                        transform: str | None = "auto",
                         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                         lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
                         callback: Callable[[int, dict[str, float]], None] | None = None) -> Canonicalized:
@@ -43,8 +43,10 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
 
     :func:`equicanon.training.fit` with Adam over two parameter groups: every step takes a batch of
     upright inputs ``x`` from ``data``, applies ``augment(x, generator)`` if given (crops, colour jitter:
-    anything but the group's transformations), moves it by ``transform`` (default ``"group"``: random
-    group elements ``g``, the prior aimed at ``g``, since ``pose(g·x) = g`` when ``pose(x) = e``), then
+    anything but the group's transformations), moves it by ``transform`` (default ``"auto"``: images are
+    turned by uniform continuous angles and the prior aims at the element nearest each turn, the turn itself
+    for SO2()/O2(); other inputs are moved by random group elements ``g`` and the prior aims at ``g``, since
+    ``pose(g·x) = g`` when ``pose(x) = e``), then
     minimises
 
     - ``prior_weight · prior`` alone (the predictor is frozen, and never run), or
@@ -53,9 +55,10 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
       model's output action, so dense targets (masks) work.
 
     The moved copies matter where the canonicalizer is only approximately equivariant (rotations by
-    45° interpolate): the prior on upright inputs alone (``transform=None``) does not teach the poses of
-    rotated ones, and they drift. For exact elements both forms are the same prior. ``transform="angle"``
-    turns by continuous angles and aims at the nearest element.
+    45° interpolate; SO2()/O2() poses between the coarse network's angles): the prior on upright inputs
+    alone (``transform=None``) does not teach the poses of rotated ones, and they drift. Continuous turns
+    also teach a fine-tuned predictor the angles between the group's elements (``transform="group"``
+    shows it only those).
 
     Args:
         model: a :class:`~equicanon.Canonicalized` model.
@@ -68,7 +71,7 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
         prior_weight: weight of the prior (paper: 100).
         contrastive_weight: weight of the canonicalizer's contrastive loss (for
             :class:`~equicanon.canonicalizers.Contrastive`, EquiOptAdapt; 0: not computed).
-        transform: ``"group"``, ``"angle"`` or ``None``; see :func:`equicanon.training.step`.
+        transform: ``"auto"``, ``"angle"``, ``"group"`` or ``None``; see :func:`equicanon.training.step`.
         batch_size: inputs per step when ``data`` is a tensor.
         seed: seeds the batches, the group elements and ``augment``'s generator.
         callback: called as ``callback(step, {"loss": ..., "prior": ..., "task": ...})`` after every step.
@@ -105,7 +108,7 @@ PAPER_VIEW: dict[str, Any] = {"crop": 0.8, "resize": 96}
 def adapt_pretrained(model: nn.Module, group: Group | str, *, in_channels: int = 3, output: Action | None = None,
                      canonicalizer: Canonicalizer | str = "group_conv", canonicalizer_args: dict[str, Any] | None = None,
                      data: Data | None = None, steps: int = 0, finetune: bool = False, task_loss: TaskLoss = None,
-                     prior_weight: float = 100.0, contrastive_weight: float = 0.0, transform: str | None = "group",
+                     prior_weight: float = 100.0, contrastive_weight: float = 0.0, transform: str | None = "auto",
                      augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                      lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
                      callback: Callable[[int, dict[str, float]], None] | None = None) -> Canonicalized:

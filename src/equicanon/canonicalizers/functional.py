@@ -29,6 +29,7 @@ __all__ = [
     "regular_to_matrix",
     "identity_cross_entropy",
     "matrix_prior",
+    "nearest_element",
 ]
 
 
@@ -209,3 +210,11 @@ def matrix_prior(pose: torch.Tensor, target: torch.Tensor | None = None) -> torc
                          f"got shape {tuple(target.shape)}")
     return ((pose - target.to(pose)) ** 2).sum(dim=(-2, -1)).mean()
 
+
+
+def nearest_element(group: FiniteGroup, m: torch.Tensor) -> torch.Tensor:
+    """Indices ``(B,)`` of the elements of the finite planar ``group`` whose matrices are nearest (Frobenius)
+    to ``m: (B, 2, 2)``: e.g. the C(8) element nearest a rotation by any angle."""
+    mats = group.matrix(group.elements(device=m.device), dtype=m.dtype)
+    distance = (m[:, None] - mats[None]).flatten(2).square().sum(-1)
+    return distance.argmin(dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import cast
 
@@ -10,11 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..actions import Image
-from ..errors import ConfigError, GroupMismatchError, check_floating, check_positive_int, check_shape
+from ..errors import ConfigError, GroupMismatchError, ShapeError, check_floating, check_positive_int, check_shape
 from ..groups import O2, SO2, C, D, FiniteGroup, Group, PlanarFiniteGroup, as_group
 from ..nn import GroupBatchNorm, GroupConv2d, LiftingConv2d
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
-from .functional import discrete_canonicalize, gram_schmidt, identity_cross_entropy, matrix_prior, regular_to_matrix
+from .functional import (
+    discrete_canonicalize,
+    gram_schmidt,
+    identity_cross_entropy,
+    matrix_prior,
+    nearest_element,
+    regular_to_matrix,
+)
 
 __all__ = ["GroupConv", "center_crop_resize", "resize_square"]
 
@@ -61,8 +69,12 @@ class GroupConv(Canonicalizer):
     Each convolution but the last is followed by group batch norm and a ReLU; feature maps
     larger than ``pool_above`` pixels are halved right after their convolution.
     For ``C(n)``/``D(n)`` the pose is ``argmax ℓ`` (straight-through gradients
-    in training); for ``SO2()``/``O2()`` the network runs on ``C(rotations)`` /
-    ``D(rotations)`` and the pose is the orthogonal part of ``Σ_h ℓ_h ρ(h)``.
+    in training). For ``SO2()``/``O2()`` the network runs on ``C(rotations)`` / ``D(rotations)``;
+    with ``refine`` (default) its argmax is a coarse pose ``h_k``, exact on quarter turns, and a small
+    plain CNN (:class:`~equicanon.models.ConvEncoder`) reads the coarse canonical view ``h_k⁻¹·x`` and
+    gives the residual turn ``δ`` (within ``±360°/rotations``): the pose is ``h_k R(δ)``, any angle. Without
+    ``refine`` the pose is the orthogonal part of ``Σ_h ℓ_h ρ(h)`` (smooth, but a few times less accurate:
+    ``docs/images.md``).
 
     Args:
         group: pose group: ``C(n)``, ``D(n)``, ``SO2()`` or ``O2()``, or its name (``"C8"``).
@@ -92,6 +104,11 @@ class GroupConv(Canonicalizer):
             pooling it to 4 pixels costs pose accuracy and saves little time. ``0`` pools every layer.
         filters: ``"free"``, ``"steerable"`` or ``"auto"`` (steerable when the network's group has
             angles other than multiples of 90°); see :mod:`equicanon.nn`.
+        refine: SO2()/O2() only (``None``: on for them): the coarse pose of the ``C(rotations)`` network refined
+            by a residual turn, as above. The residual network starts at ``δ = 0`` (a fresh canonicalizer's
+            poses are the coarse ones) and learns from the prior on inputs moved by continuous angles
+            (``transform="angle"`` or ``"group"`` in :func:`equicanon.training.step`).
+        refine_hidden: channels of the residual network's first convolution (then twice as many).
 
     Example:
         >>> canon = GroupConv(C(4), in_channels=3)
@@ -103,7 +120,8 @@ class GroupConv(Canonicalizer):
     def __init__(self, group: Group | str, in_channels: int, *, hidden: int = 8, layers: int = 3, kernel_size: int = 5,
                  crop: float | None = None, resize: int | None = None, temperature: float = 1.0,
                  gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True,
-                 filters: str = "auto", pool: bool = True, pool_above: int = 16) -> None:
+                 filters: str = "auto", pool: bool = True, pool_above: int = 16, refine: bool | None = None,
+                 refine_hidden: int = 32) -> None:
         super().__init__()
         check_positive_int(hidden, "hidden")  # here, so a bad width is reported as hidden, not out_channels
         group = as_group(group, where=lambda g: g.kind == "planar", expected="C(n), D(n), SO2() or O2()")
@@ -137,6 +155,21 @@ class GroupConv(Canonicalizer):
             blocks.append(GroupConv2d(g, hidden, 1 if last else hidden, kernel_size, bias=not (batch_norm or last),
                                       filters=filters, pool_above=None if last else above))
         self.net = nn.Sequential(*blocks)
+        if refine and group.is_finite:
+            raise ConfigError(f"refine is for continuous poses (SO2(), O2()); {group} poses are its elements: "
+                              "leave refine unset")
+        self.refine = (not group.is_finite) if refine is None else bool(refine)
+        self.refine_hidden = check_positive_int(refine_hidden, "refine_hidden")
+        #: the largest residual turn, radians: one step of the coarse network's rotations
+        self.max_residual = 2 * math.pi / self.net_group.n
+        self.residual: nn.Module | None = None
+        if self.refine:
+            from ..models.images import ConvEncoder
+
+            self.residual = ConvEncoder(in_channels, out_dim=1, hidden=self.refine_hidden)
+            nn.init.zeros_(self.residual.head.weight)  # δ = 0 at first: the coarse poses, exact on quarter turns
+            nn.init.zeros_(self.residual.head.bias)
+            self._coarse_action = Image(self.net_group, padding=padding)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Regular logits ``(B, |G_net|)`` of images ``(B, C, H, W)``."""
@@ -157,19 +190,65 @@ class GroupConv(Canonicalizer):
             canonical, pose = discrete_canonicalize(x, logits, group, self.action, temperature=self.temperature,
                                                     noise=noise)
             return Canonicalization(canonical, pose, self.group, logits=logits)
+        if self.residual is not None:
+            return self._refined(x, logits)
         matrix = regular_to_matrix(self.net_group, logits)
         pose = gram_schmidt(matrix, special=not self.group.has_reflections)
         canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)
         return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix})
 
+    def _refined(self, x: torch.Tensor, logits: torch.Tensor) -> Canonicalization:
+        """Coarse pose ``h_k = argmax ℓ``, residual turn ``δ`` read from the coarse canonical view: ``h_k R(δ)``."""
+        assert self.residual is not None
+        net_group = self.net_group
+        coarse = logits.detach().argmax(dim=1)
+        view = center_crop_resize(x, self.crop, self.resize)
+        if view.shape[-1] == view.shape[-2]:  # quarter turns by exact index moves
+            upright = self._coarse_action(net_group.inverse(coarse), view)
+        else:  # a quarter turn does not map a rectangle onto itself: interpolate (only half turns and flips occur)
+            upright = self.action(net_group.matrix(net_group.inverse(coarse), dtype=view.dtype), view)
+        delta = self.max_residual * torch.tanh(self.residual(upright)[:, 0])
+        pose = net_group.matrix(coarse, dtype=x.dtype) @ SO2().from_angle(delta).to(x.dtype)
+        canonical = self.action(self.group.inverse(pose), x)  # one interpolation of the full input
+        return Canonicalization(canonical, pose, self.group, logits=None,
+                                extras={"coarse_logits": logits, "coarse": coarse, "residual": delta})
+
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy to the identity (discrete groups) or ``‖R − I‖²_F`` (SO2/O2), averaged over the batch.
+        """The prior, averaged over the batch: cross-entropy to the identity (discrete groups); for SO2/O2 with
+        ``refine``, cross-entropy of the coarse logits to the element nearest the target plus the squared error
+        of the residual turn (in units of half a coarse step; inputs whose coarse pose is more than a step off
+        count in the cross-entropy only); without ``refine``, ``‖R − I‖²_F``.
 
         ``target``: element indices ``(B,)`` (discrete) or matrices ``(B, 2, 2)`` to pull towards instead.
         """
         if result.logits is not None:
             return identity_cross_entropy(result.logits, target)
-        return matrix_prior(result.pose, target)
+        if "coarse_logits" not in result.extras:
+            return matrix_prior(result.pose, target)
+        logits, coarse, delta = (result.extras[k] for k in ("coarse_logits", "coarse", "residual"))
+        b = logits.shape[0]
+        if target is None:
+            target = torch.eye(2, dtype=delta.dtype, device=delta.device).expand(b, 2, 2)
+        elif target.shape != (b, 2, 2):
+            raise ShapeError(f"prior target: expected {b} matrices, shape ({b}, 2, 2), got shape {tuple(target.shape)}")
+        target = target.to(device=delta.device, dtype=delta.dtype)
+        loss = F.cross_entropy(logits, nearest_element(self.net_group, target))
+        # the turn left after the coarse pose: h_k⁻¹ T, a rotation when h_k and T agree on reflection
+        rest = self.net_group.matrix(coarse, dtype=delta.dtype).transpose(1, 2) @ target
+        wanted = torch.atan2(rest[:, 1, 0], rest[:, 0, 0])
+        valid = (torch.linalg.det(rest) > 0) & (wanted.abs() < self.max_residual)
+        squared = ((delta - wanted) / (self.max_residual / 2)) ** 2
+        return loss + (squared * valid).sum() / valid.sum().clamp_min(1)
+
+
+def _with_residual(canon: GroupConv) -> GroupConv:
+    """``canon`` with a random (non-zero) residual head, so the registry tests see the refinement at work."""
+    assert canon.residual is not None
+    with torch.no_grad():
+        head = cast(nn.Linear, canon.residual.head)
+        head.weight.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(1))
+        head.bias.fill_(0.1)
+    return canon
 
 
 def _cases() -> list[RegistryCase]:
@@ -185,6 +264,16 @@ def _cases() -> list[RegistryCase]:
     cases.append(RegistryCase("C(8)", lambda: GroupConv(C(8), 3, hidden=4, kernel_size=3), shape, exact=False))
     cases.append(RegistryCase("SO2", lambda: GroupConv(SO2(), 3, hidden=4, kernel_size=3), shape, exact=False))
     cases.append(RegistryCase("O2", lambda: GroupConv(O2(), 3, hidden=4, kernel_size=3), shape, exact=False))
+    cases.append(RegistryCase("SO2 residual at work",
+                              lambda: _with_residual(GroupConv(SO2(), 3, hidden=4, kernel_size=3, refine_hidden=4)), shape,
+                              exact=False))
+    cases.append(RegistryCase("O2 residual at work",
+                              lambda: _with_residual(GroupConv(O2(), 3, hidden=4, kernel_size=3, refine_hidden=4)), shape,
+                              exact=False))
+    cases.append(RegistryCase("SO2 unrefined", lambda: GroupConv(SO2(), 3, hidden=4, kernel_size=3, refine=False), shape,
+                              exact=False))
+    cases.append(RegistryCase("O2 unrefined", lambda: GroupConv(O2(), 3, hidden=4, kernel_size=3, refine=False), shape,
+                              exact=False))
     return cases
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .step import TRANSFORMS, StepOutput, batches, fit, step
+from .step import TRANSFORMS, StepOutput, auto_transform, batches, fit, step
 
 #: Lightning-dependent names and the submodule that defines each
 _LAZY = {
@@ -31,7 +31,7 @@ _LAZY = {
     "NBodyDataModule": "nbody", "PointCloudDataModule": "points", "SetDataModule": "sets",
 }
 
-__all__ = ["step", "fit", "batches", "StepOutput", "TRANSFORMS", *_LAZY]
+__all__ = ["step", "fit", "batches", "StepOutput", "TRANSFORMS", "auto_transform", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

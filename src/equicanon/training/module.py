@@ -21,7 +21,7 @@ from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
 from ..errors import ConfigError, check_choice, check_number
 from ..metrics import identity_rate, pose_agreement, pose_error
-from .step import TRANSFORMS, draw_elements, step, task_loss_fn
+from .step import TRANSFORMS, auto_transform, draw_elements, step, task_loss_fn
 
 __all__ = ["CanonicalizationModule", "TASKS"]
 
@@ -63,7 +63,8 @@ class CanonicalizationModule(pl.LightningModule):
             ``"group"`` by random elements ``g`` of the group (of ``val_action``), the prior aimed at ``g``
             and regression targets moved with the output action; ``"angle"`` by continuous angles (planar
             groups), the prior aimed at the nearest element; ``None``: as given; ``"auto"`` (default):
-            ``"group"`` for a Canonicalized model, ``None`` for a plain one. For upright training data the
+            ``"angle"`` for a Canonicalized model of images, ``"group"`` for one of other inputs, ``None`` for a
+            plain one (:func:`~equicanon.training.step.auto_transform`). For upright training data the
             moved prior teaches the poses of rotated inputs where equivariance is only approximate (45° steps
             of C(8)). The elements are drawn from a generator seeded by ``val_seed`` and the global step, for
             the global batch (each DDP rank keeps its share), so a resumed run and a run on ``n`` processes
@@ -124,7 +125,8 @@ class CanonicalizationModule(pl.LightningModule):
         if transform is not None:
             check_choice(transform, TRANSFORMS, "transform")
         if transform == "auto":
-            transform = "group" if canon is not None else None
+            transform = (auto_transform(canon.action, model.output)
+                         if isinstance(model, Canonicalized) and canon is not None else None)
         if transform is not None and val_action is None:
             raise ConfigError(f"transform={transform!r} needs a group to draw elements from: use a Canonicalized "
                               "model or pass val_action")

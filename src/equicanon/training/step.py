@@ -26,22 +26,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..actions import Action, Image
+from ..actions import Action, Image, Trivial
 from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
+from ..canonicalizers.functional import nearest_element
 from ..errors import ConfigError, DTypeError, InputValueError, ShapeError, check_choice, check_number, check_positive_int
 from ..groups import O2, SO2, FiniteGroup, Group
 
-__all__ = ["TRANSFORMS", "StepOutput", "step", "fit", "batches", "draw_elements", "move_batch", "task_loss_fn"]
+__all__ = ["TRANSFORMS", "auto_transform", "StepOutput", "step", "fit", "batches", "draw_elements", "move_batch", "task_loss_fn"]
 
-#: values of ``transform``: "auto" is "group" when the model has a canonicalizer (or ``action`` is given)
+#: values of ``transform``: "auto" is "angle" for images, "group" for other inputs (see :func:`auto_transform`)
 TRANSFORMS = ("auto", "group", "angle")
+
+
+def auto_transform(action: Action | None, output: Action | None = None) -> str | None:
+    """What ``transform="auto"`` means for inputs moved by ``action`` and targets moved by ``output``.
+
+    ``"angle"`` for images with invariant targets (class labels; ``output`` ``None`` or
+    :class:`~equicanon.actions.Trivial`): images in the wild are turned by any angle, so the batch is turned
+    by uniform continuous angles and the prior aims at the nearest element. ``"group"`` (random group
+    elements, which dense targets such as masks follow exactly) otherwise; ``None`` without a group.
+    """
+    if action is None or action.group is None:
+        return None
+    invariant = output is None or isinstance(output, Trivial)
+    return "angle" if isinstance(action, Image) and invariant else "group"
+
 
 Batch = Any
 Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterable[Any]
@@ -102,14 +118,6 @@ def draw_elements(group: Group, batch: int, generator: torch.Generator | None, l
     return g.to(like.dtype) if g.is_floating_point() and like.is_floating_point() else g
 
 
-def _nearest(group: Group, m: torch.Tensor) -> torch.Tensor:
-    """The elements of the finite planar ``group`` whose matrices are nearest to ``m: (B, 2, 2)``."""
-    assert isinstance(group, FiniteGroup)  # the caller checks group.is_finite
-    mats = group.matrix(group.elements(device=m.device), dtype=m.dtype)
-    distance = (m[:, None] - mats[None]).flatten(2).square().sum(-1)
-    return distance.argmin(dim=1)
-
-
 def move_batch(transform: str, action: Action, x: torch.Tensor, generator: torch.Generator | None, *,
                shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g·x, target)`` for random elements: ``"group"`` draws ``g`` from ``action``'s group (target ``g``);
@@ -139,7 +147,7 @@ def move_batch(transform: str, action: Action, x: torch.Tensor, generator: torch
         m = SO2().from_angle(degrees, degrees=True).to(device=like.device, dtype=like.dtype)
     padding = getattr(action, "padding", "zeros")
     moved = Image(continuous, padding=padding)(m, x)
-    target = m if not group.is_finite else _nearest(group, m)
+    target = m if not group.is_finite else nearest_element(cast(FiniteGroup, group), m)
     return moved, target
 
 
@@ -170,8 +178,8 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
         transform: move the batch before the loss: ``"group"`` by random elements ``g`` of the group, the
             prior aimed at ``g`` and ``y`` moved by the output action (``y ↦ g ⋆ y``); ``"angle"`` by uniform
             continuous angles, the prior aimed at the nearest group element (planar groups); ``None``: the
-            batch as given; ``"auto"`` (default): ``"group"`` when there is a group to draw from (a
-            canonicalizer, or ``action``), else ``None``.
+            batch as given; ``"auto"`` (default): ``"angle"`` for images, ``"group"`` for other inputs moved by a
+            group (a canonicalizer's, or ``action``'s), else ``None`` (:func:`auto_transform`).
         action: how the group moves inputs (default: the canonicalizer's action); lets ``transform`` move the
             inputs of a plain model (rotation augmentation).
         generator: CPU generator the elements are drawn from (seed it for reproducible runs).
@@ -200,8 +208,12 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
         raise ConfigError("nothing to compute: the batch has no labels y and prior_weight and contrastive_weight "
                           "are 0")
     mover = action if action is not None else (canon.action if canon is not None else None)
+    output = wrapped.output if wrapped is not None else None
     if transform == "auto":
-        transform = "group" if mover is not None else None
+        transform = auto_transform(mover, output)
+    if transform == "angle" and y is not None and output is not None and not isinstance(output, Trivial):
+        raise ConfigError(f"transform='angle' turns the inputs by continuous angles, which targets moved by "
+                          f"{output!r} cannot follow; use transform='group' (exact group elements) or 'auto'")
     target = None
     if transform is not None:
         if mover is None:
