@@ -160,3 +160,18 @@ def test_dense_targets_keep_exact_group_moves_and_refuse_continuous_turns():
     assert float(out.terms["task"]) < 1e-12  # y moved with x
     with pytest.raises(ConfigError, match=r"transform='angle' turns the inputs by continuous angles, which targets"):
         step(model, (x, x.clone()), task_loss="mse", transform="angle")
+
+
+def test_adapt_pretrained_for_so2_refines_and_trains_on_continuous_turns():
+    torch.manual_seed(0)
+    pretrained = ec.models.SmallCNN(classes=3, in_channels=1, width=4)
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    seen: list[dict[str, float]] = []
+    model = ec.adapt_pretrained(pretrained, "SO2", in_channels=1, canonicalizer_args={"hidden": 4, "refine_hidden": 4},
+                                data=_oriented(32, 0), steps=3, batch_size=8, callback=lambda i, log: seen.append(log))
+    assert model.canonicalizer.refine and len(seen) == 3 and all(math.isfinite(log["prior"]) for log in seen)
+    assert all(torch.equal(v, before[k]) for k, v in pretrained.state_dict().items())  # frozen: never trained
+    # the residual network learnt from the turns (its zero-initialised head moved)
+    assert model.canonicalizer.residual.head.weight.abs().sum() > 0
+    logits = model(torch.rand(2, 1, 16, 16))
+    assert logits.shape == (2, 3)
