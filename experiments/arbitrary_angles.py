@@ -4,8 +4,8 @@ A predictor trained on upright images is kept frozen; canonicalizers trained wit
 (``ec.adapt_pretrained``, no labels, the predictor never run in training) put it in front of inputs
 turned by any angle. Two datasets (``--dataset``):
 
-- ``fashion_mnist``: the pretrained ResNet of experiment 1 of docs/adaptation.md (the same network:
-  same seed, data and steps), against rotation augmentation (the same network fine-tuned on images
+- ``fashion_mnist``: a ResNet pretrained as in experiment 1 of docs/adaptation.md (same seed, data
+  and steps), against rotation augmentation (the same network fine-tuned on images
   turned by uniform random angles);
 - ``photos``: the real ImageNet EfficientNet-Lite0 on crops of scikit-image's photos masked to their
   disk (experiment 2); the "label" of a crop is the network's top-1 label on it upright, so the
@@ -21,8 +21,8 @@ angles (degrees between the pose and the turn applied: median, 90th percentile, 
 10°; for O2, a reflected input whose canonical form is the mirror image of the upright one counts
 as upright, since mirrored upright Fashion-MNIST items and photos are upright).
 
-    python experiments/arbitrary_angles.py                      # Fashion-MNIST, 15 min on 2 CPU cores
-    python experiments/arbitrary_angles.py --dataset photos     # photos, 6 min
+    python experiments/arbitrary_angles.py                      # Fashion-MNIST, 54 min on one CPU thread
+    python experiments/arbitrary_angles.py --dataset photos     # photos, 14 min on one thread
     python experiments/arbitrary_angles.py --quick              # seconds (either dataset)
     python experiments/arbitrary_angles.py --print_config       # configs/experiments/arbitrary_angles.yaml
 
