@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from adaptation_photos import AdaptSettings  # experiments/: the settings of ec.adapt_pretrained, shared
 from torch import nn
 
 import equicanon as ec
@@ -53,25 +54,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "experiments" / "arbitrary_angles.yaml"
 FLIP = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
 CEILING = "ceiling: true turn undone"
-
-
-@dataclass
-class AdaptSettings:
-    """``ec.adapt_pretrained(predictor, group, canonicalizer=create("group_conv", ...), data=..., steps=...)``.
-
-    Args:
-        canonicalizer: keyword arguments of ``create("group_conv", group=..., in_channels=..., **canonicalizer)``.
-        steps: Adam steps of the prior (the predictor frozen).
-        batch_size: inputs per step.
-        lr: learning rate.
-        prior_weight: weight of the prior.
-    """
-
-    canonicalizer: dict[str, Any]
-    steps: int
-    batch_size: int
-    lr: float
-    prior_weight: float
 
 
 @dataclass
