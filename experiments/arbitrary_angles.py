@@ -161,8 +161,7 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, b
         if undo:
             inputs = action(ec.O2().inverse(gb), inputs)
         if isinstance(model, ec.Canonicalized):
-            res = model.canonicalizer(inputs)
-            logits = model.predictor(res.canonical)
+            logits, res = model(inputs, return_canonicalization=True)
             group = res.group
             poses.append(group.matrix(res.pose, dtype=torch.float64) if group.is_finite else res.pose.double())
         else:

@@ -173,14 +173,18 @@ class GroupConv(Canonicalizer):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Regular logits ``(B, |G_net|)`` of images ``(B, C, H, W)``."""
-        view = center_crop_resize(x, self.crop, self.resize)
+        return self._view_logits(center_crop_resize(x, self.crop, self.resize))
+
+    def _view_logits(self, view: torch.Tensor) -> torch.Tensor:
+        """Regular logits of the network's (cropped, resized) view of the images."""
         return self.net(view).mean(dim=(1, 3, 4))
 
     def forward(self, x: torch.Tensor) -> Canonicalization:
         """Canonicalize images ``x: (B, C, H, W)``."""
         check_shape(x, "B C H W", C=self.in_channels)
         check_floating(x)
-        logits = self.logits(x)
+        view = center_crop_resize(x, self.crop, self.resize)
+        logits = self._view_logits(view)
         if self.group.is_finite:
             noise = None
             if self.gumbel and self.training:
@@ -191,18 +195,17 @@ class GroupConv(Canonicalizer):
                                                     noise=noise)
             return Canonicalization(canonical, pose, self.group, logits=logits)
         if self.residual is not None:
-            return self._refined(x, logits)
+            return self._refined(x, view, logits)
         matrix = regular_to_matrix(self.net_group, logits)
         pose = gram_schmidt(matrix, special=not self.group.has_reflections)
         canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)
         return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix})
 
-    def _refined(self, x: torch.Tensor, logits: torch.Tensor) -> Canonicalization:
+    def _refined(self, x: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> Canonicalization:
         """Coarse pose ``h_k = argmax ℓ``, residual turn ``δ`` read from the coarse canonical view: ``h_k R(δ)``."""
         assert self.residual is not None
         net_group = self.net_group
         coarse = logits.detach().argmax(dim=1)
-        view = center_crop_resize(x, self.crop, self.resize)
         if view.shape[-1] == view.shape[-2]:  # quarter turns by exact index moves
             upright = self._coarse_action(net_group.inverse(coarse), view)
         else:  # a quarter turn does not map a rectangle onto itself: interpolate (only half turns and flips occur)

@@ -125,8 +125,8 @@ class CanonicalizationModule(pl.LightningModule):
         if transform is not None:
             check_choice(transform, TRANSFORMS, "transform")
         if transform == "auto":
-            transform = (auto_transform(canon.action, model.output)
-                         if isinstance(model, Canonicalized) and canon is not None else None)
+            transform = auto_transform(model.canonicalizer.action, model.output) if isinstance(model, Canonicalized) \
+                else None
         if transform is not None and val_action is None:
             raise ConfigError(f"transform={transform!r} needs a group to draw elements from: use a Canonicalized "
                               "model or pass val_action")

@@ -55,8 +55,12 @@ def auto_transform(action: Action | None, output: Action | None = None) -> str |
     """
     if action is None or action.group is None:
         return None
-    invariant = output is None or isinstance(output, Trivial)
-    return "angle" if isinstance(action, Image) and invariant else "group"
+    return "angle" if isinstance(action, Image) and _invariant(output) else "group"
+
+
+def _invariant(output: Action | None) -> bool:
+    """Whether targets stay as they are when the inputs move (no output action, or Trivial: class labels)."""
+    return output is None or isinstance(output, Trivial)
 
 
 Batch = Any
@@ -211,7 +215,7 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
     output = wrapped.output if wrapped is not None else None
     if transform == "auto":
         transform = auto_transform(mover, output)
-    if transform == "angle" and y is not None and output is not None and not isinstance(output, Trivial):
+    if transform == "angle" and y is not None and not _invariant(output):
         raise ConfigError(f"transform='angle' turns the inputs by continuous angles, which targets moved by "
                           f"{output!r} cannot follow; use transform='group' (exact group elements) or 'auto'")
     target = None
