@@ -186,7 +186,7 @@ def test_iterables_of_batches_are_cycled_and_the_transform_can_be_off():
     ({"data": torch.zeros(0, 1, 9, 9), "steps": 1}, ConfigError, "empty"),
     ({"data": torch.zeros(4, 1, 9, 9), "steps": 1, "finetune": True}, ConfigError, "needs labels"),
     ({"data": (torch.zeros(4, 1, 9, 9), torch.zeros(3, dtype=torch.long)), "steps": 1}, ConfigError, "4 inputs but 3"),
-    ({"data": torch.full((4, 1, 9, 9), math.nan), "steps": 1}, InputValueError, "not finite"),
+    ({"data": torch.full((4, 1, 9, 9), math.nan), "steps": 1}, InputValueError, "expected finite values"),
     ({"data": torch.zeros(4, 1, 9, 9), "steps": -1}, ConfigError, "steps"),
     ({"data": torch.zeros(4, 1, 9, 9), "steps": 1, "prior_weight": 0.0}, ConfigError, "nothing to train"),
     ({"canonicalizer": GroupConv(ec.C(8), 1, hidden=4)}, ConfigError, "is not C\\(4\\)"),

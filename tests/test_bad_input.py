@@ -5,16 +5,19 @@ and what came, and never modifies its input. Entry points: every registered cano
 configuration, the actions, Canonicalized, GroupAveraged, FrameAveraged; then groups, data
 loaders and configs (with did-you-mean hints) and the command line.
 
-Policy for NaN/Inf (no check in forward, which would force a host sync): a non-finite entry in
-one sample makes that sample's output non-finite and leaves the other samples' outputs unchanged,
-never finite garbage. FrameAveraged, whose eigendecomposition fails on such input, raises
-:class:`~equicanon.errors.InputValueError` instead.
+Policy for NaN/Inf: canonicalizers (and so the wrappers around them) refuse a non-finite CPU input
+with :class:`~equicanon.errors.InputValueError`: it has no pose (accelerator inputs are not read, which
+would force a host sync). Built with ``check_inputs=False`` they skip that check, and then, like the actions and GroupAveraged, a
+non-finite entry in one sample makes that sample's output non-finite and leaves the other samples'
+outputs unchanged, never finite garbage. FrameAveraged, whose eigendecomposition fails on such
+input, raises :class:`~equicanon.errors.InputValueError` too.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +91,7 @@ def _registry_subjects() -> list[Subject]:
                 return torch.cat([x, x[:, :1]], dim=1) if x.ndim == 4 else torch.cat([x, x[..., :1]], dim=-1)
 
             subjects.append(Subject(f"{name}[{case.name}]", canon, make, module=canon, square=quarter,
-                                    channels=channels))
+                                    channels=channels, nonfinite=InputValueError))
     return subjects
 
 
@@ -164,9 +167,9 @@ def _wrapper_subjects() -> list[Subject]:
 
     return [
         Subject("Canonicalized(GroupConv(C(4)))", canonicalized, _image, module=canonicalized, square=True,
-                channels=more_channels),
+                channels=more_channels, nonfinite=InputValueError),
         Subject("Canonicalized(VectorNeurons(SO3()))", points, _points, module=points,
-                channels=lambda x: x[..., :2]),
+                channels=lambda x: x[..., :2], nonfinite=InputValueError),
         # no channel check: the predictor decides which channel counts it takes (its own errors)
         Subject("GroupAveraged(D(4))", averaged, _image, module=averaged, square=True),
         Subject("FrameAveraged(SO3())", frames, _points, module=frames, channels=lambda x: x[..., :2],
@@ -274,14 +277,38 @@ def _poison(x: torch.Tensor, value: float) -> torch.Tensor:
     return y
 
 
+@contextmanager
+def _input_checks_off(module: nn.Module | None) -> Iterator[bool]:
+    """Turn ``check_inputs`` off in every canonicalizer inside ``module``; yields whether there was one."""
+    canons = [m for m in (module.modules() if module is not None else ())
+              if isinstance(m, ec.canonicalizers.Canonicalizer)]
+    before = [c.check_inputs for c in canons]
+    for c in canons:
+        c.check_inputs = False
+    try:
+        yield bool(canons)
+    finally:
+        for c, flag in zip(canons, before, strict=True):
+            c.check_inputs = flag
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("subject", _subjects("nonfinite"))
 def test_non_finite_input_gives_non_finite_output_for_that_sample_only(subject: Subject, value: float) -> None:
+    """Canonicalizers refuse it (an InputValueError); with ``check_inputs`` off, and for actions and
+    GroupAveraged, the sample's output is non-finite and the other samples' are unchanged."""
     x = subject.make(3, torch.float32)
     bad = _poison(x, value)
     if subject.nonfinite is not None:
         _expect(subject, bad, subject.nonfinite, "NaN or Inf")
+        with _input_checks_off(subject.module) as unchecked:
+            if unchecked:
+                _propagates(subject, x, bad)
         return
+    _propagates(subject, x, bad)
+
+
+def _propagates(subject: Subject, x: torch.Tensor, bad: torch.Tensor) -> None:
     clean = _outputs(_call_unmodified(subject, x))
     poisoned = _outputs(_call_unmodified(subject, bad))
     first = poisoned[0]  # the canonical form (or the output)

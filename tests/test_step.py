@@ -160,8 +160,13 @@ def test_fit_is_reproducible_from_its_seed():
 def test_fit_refuses_a_non_finite_loss_and_missing_labels():
     x = torch.rand(8, 1, 11, 11)
     x[0, 0, 5, 5] = math.nan
-    with pytest.raises(InputValueError, match="not finite"):
-        fit(_model(), x[:1].expand(8, -1, -1, -1).clone(), 1, batch_size=4, prior_weight=1.0)
+    data = x[:1].expand(8, -1, -1, -1).clone()
+    with pytest.raises(InputValueError, match="GroupConv: x: expected finite values"):  # the canonicalizer's check
+        fit(_model(), data, 1, batch_size=4, prior_weight=1.0)
+    unchecked = _model()
+    unchecked.canonicalizer.check_inputs = False
+    with pytest.raises(InputValueError, match="not finite"):  # the loop's check of the loss
+        fit(unchecked, data, 1, batch_size=4, prior_weight=1.0)
     with pytest.raises(ConfigError, match="needs labels"):
         fit(_model(), torch.rand(8, 1, 11, 11), 1, batch_size=4, labels=True, prior_weight=1.0)
     assert fit(_model(), torch.rand(8, 1, 11, 11), 0) == []

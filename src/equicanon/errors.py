@@ -162,12 +162,17 @@ def check_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
     """Raise :class:`InputValueError` if a floating tensor holds NaN or Inf.
 
-    This reads the tensor on the host, so it synchronises with an accelerator:
-    call it in checks and tests, not in a model's forward.
+    One ``torch.isfinite(x).all()`` on the good path; it reads the result on the host, so on an
+    accelerator it waits for the device (canonicalizers call it on CPU inputs only, once per forward,
+    unless built with ``check_inputs=False``). The message counts the bad entries and names the first one, e.g.
+    ``x: expected finite values, got 2 NaN or Inf entries of 4 (1 NaN, 1 Inf; first at index (1,))``.
     """
     if torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise InputValueError(f"{name}: expected finite values, got {n_bad} NaN or Inf entries of {x.numel()}")
+        bad = ~torch.isfinite(x)
+        n_bad, n_nan = int(bad.sum()), int(torch.isnan(x).sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise InputValueError(f"{name}: expected finite values, got {n_bad} NaN or Inf entries of {x.numel()} "
+                              f"({n_nan} NaN, {n_bad - n_nan} Inf; first at index {format_shape(first)})")
 
 
 def check_choice(value: object, choices: Iterable[str], name: str) -> str:

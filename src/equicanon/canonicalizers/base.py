@@ -12,8 +12,18 @@ from torch import nn
 
 from ..actions import Action, Image
 from ..actions.functional import require_square
-from ..errors import ConfigError, DeviceError, DTypeError, GroupMismatchError, ShapeError, format_shape, suggest
+from ..errors import (
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    GroupMismatchError,
+    ShapeError,
+    check_finite,
+    format_shape,
+    suggest,
+)
 from ..groups import Group, as_group
+from ..groups.base import reads_values
 
 __all__ = ["Canonicalization", "Canonicalizer", "RegistryEntry", "RegistryCase", "register", "create", "available", "entry",
            "call_with_typed_errors"]
@@ -42,11 +52,28 @@ class Canonicalizer(nn.Module, abc.ABC):
     """Base class: an ``nn.Module`` mapping inputs to a :class:`Canonicalization`.
 
     Subclasses set ``group`` (where poses live) and ``action`` (how the group
-    acts on inputs), and keep no per-call state on ``self``.
+    acts on inputs), and keep no per-call state on ``self``. They take ``check_inputs`` and
+    pass it on to ``super().__init__`` (one that passes nothing gets the default: checked).
+
+    Args:
+        check_inputs: refuse floating inputs holding NaN or Inf with an
+            :class:`~equicanon.errors.InputValueError` naming how many entries are bad and where, before any
+            network sees them (a non-finite input has no pose). One ``torch.isfinite(x).all()`` per call, where
+            the group checks read values too (:func:`equicanon.groups.base.reads_values`): on CPU tensors, outside
+            ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` graph capture. Inputs on an accelerator are
+            not checked, because reading the result would make every forward wait for the device; check those
+            with :func:`equicanon.errors.check_finite` where a host sync is acceptable. ``False``: no check;
+            non-finite inputs give non-finite outputs for their samples.
     """
 
     group: Group
     action: Action
+    #: see ``check_inputs`` above; a plain attribute, so ``canon.check_inputs = False`` works too
+    check_inputs: bool = True
+
+    def __init__(self, *, check_inputs: bool = True) -> None:
+        super().__init__()
+        self.check_inputs = bool(check_inputs)
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> Canonicalization:
@@ -57,6 +84,7 @@ class Canonicalizer(nn.Module, abc.ABC):
 
         Raises:
             ShapeError: a non-batch dimension of ``x`` is 0 (an empty batch, ``B = 0``, is fine).
+            InputValueError: ``x`` holds NaN or Inf (CPU inputs, unless ``check_inputs`` is False).
             DeviceError / DTypeError: ``x`` is on another device, or in another floating dtype, than
                 the parameters, and the network failed on it (use ``canonicalizer.to(x)`` or autocast).
         """
@@ -67,6 +95,8 @@ class Canonicalizer(nn.Module, abc.ABC):
         if isinstance(self.action, Image) and group is not None and group.needs_square_images \
                 and isinstance(x, torch.Tensor) and x.ndim >= 2:
             require_square(x, repr(group))  # before any network sees a (cropped) view of a non-square image
+        if self.check_inputs and isinstance(x, torch.Tensor) and reads_values(x):
+            check_finite(x, f"{type(self).__name__}: x")
         return call_with_typed_errors(self, super().__call__, x)
 
     @abc.abstractmethod

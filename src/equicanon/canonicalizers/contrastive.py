@@ -124,6 +124,7 @@ class Contrastive(Canonicalizer):
             ``resize`` pixels (as in :class:`~equicanon.canonicalizers.GroupConv`); the
             canonical form is the whole input.
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
+        check_inputs: refuse inputs holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
     Result: ``logits = logit_scale · s`` ``(B, |G|)``; ``extras["scores"]`` = ``s`` ``(B, |G|)``;
     ``extras["embeddings"]`` = the copies' (projected) features ``(B, |G|, d)``, entry ``k``
@@ -155,8 +156,8 @@ class Contrastive(Canonicalizer):
                  embed_dim: int | None = None, feature_dim: int | None = None, reference: torch.Tensor | None = None,
                  seed: int = 0, logit_scale: float = 10.0, inputs_per_call: int | None = None,
                  action: Action | None = None, crop: float | None = None, resize: int | None = None,
-                 padding: str = "zeros") -> None:
-        super().__init__()
+                 padding: str = "zeros", check_inputs: bool = True) -> None:
+        super().__init__(check_inputs=check_inputs)
         group = as_group(group, where=lambda g: g.is_indexed, what="Contrastive: group",
                          expected="a finite group whose elements it can score one by one (C(n), D(n), Octahedral(), ...)")
         self.group: FiniteGroup = cast(FiniteGroup, group)  # is_indexed: elements 0..|G|-1, one logit each

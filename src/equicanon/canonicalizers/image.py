@@ -109,6 +109,7 @@ class GroupConv(Canonicalizer):
             poses are the coarse ones) and learns from the prior on inputs moved by continuous angles
             (``transform="angle"`` or ``"group"`` in :func:`equicanon.training.step`).
         refine_hidden: channels of the residual network's first convolution (then twice as many).
+        check_inputs: refuse images holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
     Example:
         >>> canon = GroupConv(C(4), in_channels=3)
@@ -121,8 +122,8 @@ class GroupConv(Canonicalizer):
                  crop: float | None = None, resize: int | None = None, temperature: float = 1.0,
                  gumbel: bool = False, padding: str = "zeros", rotations: int = 8, batch_norm: bool = True,
                  filters: str = "auto", pool: bool = True, pool_above: int = 16, refine: bool | None = None,
-                 refine_hidden: int = 32) -> None:
-        super().__init__()
+                 refine_hidden: int = 32, check_inputs: bool = True) -> None:
+        super().__init__(check_inputs=check_inputs)
         check_positive_int(hidden, "hidden")  # here, so a bad width is reported as hidden, not out_channels
         group = as_group(group, where=lambda g: g.kind == "planar", expected="C(n), D(n), SO2() or O2()")
         self.group = group

@@ -61,11 +61,12 @@ class VectorNeurons(Canonicalizer):
         k: neighbours of the edge layer (capped at ``N``).
         batch_norm: normalise channel norms between layers.
         eps: Gram–Schmidt's regulariser: collinear outputs give finite poses and gradients.
+        check_inputs: refuse point clouds holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
     """
 
     def __init__(self, group: Group | str, *, hidden: int = 32, layers: int = 2, k: int = 16, batch_norm: bool = True,
-                 eps: float = 1e-6) -> None:
-        super().__init__()
+                 eps: float = 1e-6, check_inputs: bool = True) -> None:
+        super().__init__(check_inputs=check_inputs)
         self.group = group = as_group(group, where=lambda g: g.kind == "spatial" and not g.is_finite,
                                       expected="SO3() or O3()", what="VectorNeurons: group")
         self.action = Points(group)
@@ -104,12 +105,12 @@ class ParticleVectorNeurons(Canonicalizer):
     Args:
         group: ``SE3()`` (rotations + translations) or ``E3()`` (also reflections), or its name.
         features: number ``k`` of invariant feature columns after the velocities.
-        hidden, layers, batch_norm, eps: as in :class:`VectorNeurons`.
+        hidden, layers, batch_norm, eps, check_inputs: as in :class:`VectorNeurons`.
     """
 
     def __init__(self, group: Group | str, features: int = 1, *, hidden: int = 32, layers: int = 2,
-                 batch_norm: bool = True, eps: float = 1e-6) -> None:
-        super().__init__()
+                 batch_norm: bool = True, eps: float = 1e-6, check_inputs: bool = True) -> None:
+        super().__init__(check_inputs=check_inputs)
         rigid = as_group(group, where=lambda g: g.kind == "rigid", expected="SE3() or E3()",
                          what="ParticleVectorNeurons: group")
         if isinstance(features, bool) or not isinstance(features, int) or features < 0:

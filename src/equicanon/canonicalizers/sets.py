@@ -42,11 +42,12 @@ class Sort(Canonicalizer):
         in_features: ``F``, features per element.
         hidden, layers: width and depth of the DeepSets scorer.
         temperature: SoftSort temperature of the backward pass.
+        check_inputs: refuse sets holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
     """
 
     def __init__(self, group: Group | str, in_features: int, *, hidden: int = 32, layers: int = 2,
-                 temperature: float = 0.1) -> None:
-        super().__init__()
+                 temperature: float = 0.1, check_inputs: bool = True) -> None:
+        super().__init__(check_inputs=check_inputs)
         group = as_group(group, where=lambda g: g.kind == "permutation", expected="S(n)", what="Sort: group")
         if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ConfigError(f"temperature must be a positive number, got {temperature!r}")

@@ -269,8 +269,9 @@ class MatrixGroup(Group):
 
 
 def reads_values(g: torch.Tensor) -> bool:
-    """Whether an element check may read ``g``'s values: a non-empty CPU tensor, outside graph capture
-    (``torch.export``, ``torch.compile``, ``torch.jit.trace``), where reading one would be data-dependent."""
+    """Whether an element check (or a canonicalizer's input check) may read ``g``'s values: a non-empty CPU
+    tensor, outside graph capture (``torch.export``, ``torch.compile``, ``torch.jit.trace``), where reading one
+    would be data-dependent; never an accelerator tensor, where reading one waits for the device."""
     capturing = torch.compiler.is_compiling() or torch.jit.is_tracing()
     return g.device.type == "cpu" and g.numel() > 0 and not capturing
 
