@@ -2,11 +2,13 @@
 
 A predictor trained on upright images is kept frozen; canonicalizers trained with the prior alone
 (``ec.adapt_pretrained``, no labels, the predictor never run in training) put it in front of inputs
-turned by any angle. Two datasets (``--dataset``):
+turned by any angle. Three datasets (``--dataset``):
 
 - ``fashion_mnist``: a ResNet pretrained as in experiment 1 of docs/adaptation.md (same seed, data
   and steps), against rotation augmentation (the same network fine-tuned on images
   turned by uniform random angles);
+- ``digits``: MNIST and ``ec.models.SmallCNN``, the case of issue 16, with the same baselines (the
+  fine-tuned C8 model is ``adapt_pretrained(cnn, "C8", finetune=True, steps=300)``'s recipe);
 - ``photos``: the real ImageNet EfficientNet-Lite0 on crops of scikit-image's photos masked to their
   disk (experiment 2); the "label" of a crop is the network's top-1 label on it upright, so the
   score is agreement. No augmentation baseline: there is no labelled training set to fine-tune on.
@@ -22,6 +24,7 @@ angles (degrees between the pose and the turn applied: median, 90th percentile, 
 as upright, since mirrored upright Fashion-MNIST items and photos are upright).
 
     python experiments/arbitrary_angles.py                      # Fashion-MNIST, 54 min on one CPU thread
+    python experiments/arbitrary_angles.py --dataset digits     # MNIST digits, MIN min on one thread
     python experiments/arbitrary_angles.py --dataset photos     # photos, 14 min on one thread
     python experiments/arbitrary_angles.py --quick              # seconds (either dataset)
     python experiments/arbitrary_angles.py --print_config       # configs/experiments/arbitrary_angles.yaml
@@ -44,6 +47,7 @@ from adaptation_photos import AdaptSettings  # experiments/: the settings of ec.
 from torch import nn
 
 import equicanon as ec
+from equicanon.data import FASHION_MNIST_CLASSES
 from equicanon.errors import check_choice
 from equicanon.metrics import pose_error
 from equicanon.plots import plot_metric_by_angle
@@ -57,20 +61,24 @@ CEILING = "ceiling: true turn undone"
 
 
 @dataclass
-class FashionSettings:
-    """Fashion-MNIST and the ResNet of experiment 1 (``configs/experiments/adaptation_fashion_mnist.yaml``).
+class LabelledSettings:
+    """A labelled 28-pixel dataset and the network pretrained on it: Fashion-MNIST and the ResNet of experiment 1
+    (``configs/experiments/adaptation_fashion_mnist.yaml``), or MNIST digits and ``ec.models.SmallCNN``.
 
     Args:
-        data_dir: the IDX files (default: $EQUICANON_DATA, then the Debian package's folder).
+        data_dir: the IDX files or npm package (default: $EQUICANON_DATA, then where the README's setup puts them).
+        network: ``resnet`` (``ec.models.resnet_small``) or ``small_cnn`` (``ec.models.SmallCNN``).
         train_images: the first training images.
         test_images: the first test images.
-        width: ``ec.models.resnet_small`` width.
+        width: the network's width.
         pretrain_steps: Adam steps on upright images (batch ``pretrain_batch``, ``pretrain_lr``).
         pretrain_batch: images per pretraining step.
         pretrain_lr: learning rate of the pretraining.
-        augment_steps: steps of the augmentation baseline (fine-tuned on uniform random turns; 0: none), and
-            of the fine-tuned canonicalized models.
-        augment_lr: their learning rate (of the predictor).
+        augment_steps: steps of the augmentation baseline (fine-tuned on uniform random turns; 0: none).
+        augment_lr: the predictor's learning rate there and in the fine-tuned canonicalized models.
+        finetune_steps: steps of the fine-tuned canonicalized models.
+        finetune_canonicalizer: their ``canonicalizer_args`` (``{}``: ``adapt_pretrained``'s default canonicalizer,
+            as a user calls it).
         finetune: groups of canonicalized models fine-tuned with the predictor (``adapt_pretrained(finetune=True)``,
             default transform: uniform random turns), for comparison with the frozen ones.
         adapt: the canonicalizers' training.
@@ -78,6 +86,7 @@ class FashionSettings:
     """
 
     data_dir: str | None
+    network: str
     train_images: int
     test_images: int
     width: int
@@ -86,9 +95,14 @@ class FashionSettings:
     pretrain_lr: float
     augment_steps: int
     augment_lr: float
+    finetune_steps: int
+    finetune_canonicalizer: dict[str, Any]
     finetune: list[str]
     adapt: AdaptSettings
     models: list[str]
+
+    def __post_init__(self) -> None:
+        check_choice(self.network, ("resnet", "small_cnn"), "network")
 
 
 @dataclass
@@ -128,10 +142,11 @@ class Settings:
 
     Args:
         seed: seeds the weights, the batches, the crops and the test angles.
-        dataset: ``fashion_mnist`` or ``photos``.
+        dataset: ``fashion_mnist``, ``digits`` (MNIST) or ``photos``.
         angles: test angles, equally spaced in [0°, 360°) (24: every 15°).
         batch: inputs per evaluation call.
         fashion_mnist: the Fashion-MNIST part.
+        digits: the MNIST part.
         photos: the photo part.
     """
 
@@ -139,11 +154,12 @@ class Settings:
     dataset: str
     angles: int
     batch: int
-    fashion_mnist: FashionSettings
+    fashion_mnist: LabelledSettings
+    digits: LabelledSettings
     photos: PhotoSettings
 
     def __post_init__(self) -> None:
-        check_choice(self.dataset, ("fashion_mnist", "photos"), "dataset")
+        check_choice(self.dataset, ("fashion_mnist", "digits", "photos"), "dataset")
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------
@@ -202,27 +218,37 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, *,
     for name, g in (("random", turns), ("reflected", reflected)):
         correct, poses = score(model, x, y, g, s.batch, undo=undo)
         out[name] = 100 * float(correct.double().mean())
+        err = None
         if poses is not None:
             mirror_ok = name == "reflected" or model.group.has_reflections  # a mirrored upright item is upright
-            out[f"pose_{name}"] = distribution(upright_error(poses, g, mirror_ok=mirror_ok))
+            err = upright_error(poses, g, mirror_ok=mirror_ok)
+            out[f"pose_{name}"] = distribution(err)
+        if name == "random":  # accuracy by label, and which labels get the poses that are far off (> 45°)
+            out["by_label"] = [
+                {"accuracy": 100 * float(correct[y == k].double().mean()) if (y == k).any() else None,
+                 "far_off": 100 * float((err[y == k] > 45).double().mean()) if err is not None and (y == k).any()
+                 else None} for k in range(int(y.max()) + 1)]
     return out
 
 
 # --- data and predictors ------------------------------------------------------------------------------------
 
-def fashion_mnist(s: Settings, log: Callable[[str], None]) -> tuple[nn.Module, torch.Tensor, torch.Tensor, Any,
-                                                                     dict[str, nn.Module]]:
-    """The pretrained ResNet of experiment 1, the test set, the training data, and the augmentation baseline."""
-    from equicanon.data import load_fashion_mnist
+def labelled(s: Settings, log: Callable[[str], None]) -> tuple[nn.Module, torch.Tensor, torch.Tensor, Any,
+                                                                 dict[str, nn.Module]]:
+    """The network pretrained on upright images (Fashion-MNIST: the ResNet of experiment 1), the test set, the
+    training data, and the baselines: augmentation and the fine-tuned canonicalized models."""
+    from equicanon.data import load_fashion_mnist, load_mnist
 
-    f = s.fashion_mnist
-    x_train, y_train = load_fashion_mnist("train", f.data_dir)
-    x_test, y_test = load_fashion_mnist("test", f.data_dir)
+    f = s.digits if s.dataset == "digits" else s.fashion_mnist
+    load = load_mnist if s.dataset == "digits" else load_fashion_mnist
+    x_train, y_train = load("train", f.data_dir)
+    x_test, y_test = load("test", f.data_dir)
     x_train, y_train = x_train[: f.train_images, None].float() / 255, y_train[: f.train_images]
     x_test, y_test = x_test[: f.test_images, None].float() / 255, y_test[: f.test_images]
     torch.manual_seed(s.seed)  # as experiment 1: the same pretrained network
     t0 = time.perf_counter()
-    predictor = ec.models.resnet_small(10, 1, f.width)
+    predictor = (ec.models.resnet_small(10, 1, f.width) if f.network == "resnet"
+                 else ec.models.SmallCNN(10, 1, f.width))
     fit(predictor, (x_train, y_train), f.pretrain_steps, lr=f.pretrain_lr, batch_size=f.pretrain_batch, seed=s.seed,
         transform=None)
     log(f"pretrained {f.pretrain_steps} steps on upright images in {time.perf_counter() - t0:.0f} s")
@@ -236,9 +262,11 @@ def fashion_mnist(s: Settings, log: Callable[[str], None]) -> tuple[nn.Module, t
         log(f"augmentation: fine-tuned {f.augment_steps} steps on random turns in {time.perf_counter() - t0:.0f} s")
     for group in f.finetune:
         t0 = time.perf_counter()
-        baselines[f"{group} fine-tuned"] = adapt(copy.deepcopy(predictor), group, (x_train, y_train), 1, f.adapt, s.seed,
-                                                 finetune=(f.augment_steps, f.augment_lr, f.pretrain_batch))
-        log(f"{group} fine-tuned: {f.augment_steps} steps in {time.perf_counter() - t0:.0f} s")
+        baselines[f"{group} fine-tuned"] = ec.adapt_pretrained(
+            copy.deepcopy(predictor), group, in_channels=1, canonicalizer_args=f.finetune_canonicalizer,
+            data=(x_train, y_train), steps=f.finetune_steps, finetune=True, finetune_lr=f.augment_lr,
+            batch_size=f.pretrain_batch, seed=s.seed)
+        log(f"{group} fine-tuned: {f.finetune_steps} steps in {time.perf_counter() - t0:.0f} s")
     for p in predictor.parameters():
         p.requires_grad_(False)
     return predictor.eval(), x_test, y_test, x_train, baselines
@@ -262,29 +290,25 @@ def photos(s: Settings, log: Callable[[str], None]) -> tuple[nn.Module, torch.Te
     return predictor, x_test, y_test, (x_train, ColorJitter(p.jitter, p.jitter, p.jitter, True)), {}
 
 
-def adapt(predictor: nn.Module, group: str, data: Any, in_channels: int, a: AdaptSettings, seed: int, *,
-          finetune: tuple[int, float, int] | None = None) -> ec.Canonicalized:
-    """``ec.adapt_pretrained`` with the default transform: the prior alone (``predictor`` frozen, never run;
-    ``data``: images, or ``(images, augment)``), or with ``finetune = (steps, predictor lr, batch)`` jointly with
-    the predictor (``data``: ``(images, labels)``)."""
+def adapt(predictor: nn.Module, group: str, data: Any, in_channels: int, a: AdaptSettings, seed: int
+          ) -> ec.Canonicalized:
+    """``ec.adapt_pretrained`` with the default transform and the prior alone (``predictor`` frozen, never run;
+    ``data``: images, or ``(images, augment)``)."""
     augment = None
-    if finetune is None and isinstance(data, tuple):
+    if isinstance(data, tuple):
         data, augment = data
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the global generator left alone
         torch.manual_seed(seed)
         canon = ec.canonicalizers.create("group_conv", group=group, in_channels=in_channels, **a.canonicalizer)
-    if finetune is not None:
-        steps, lr, batch = finetune
-        return ec.adapt_pretrained(predictor, group, canonicalizer=canon, data=data, steps=steps, finetune=True,
-                                   prior_weight=a.prior_weight, lr=a.lr, finetune_lr=lr, batch_size=batch, seed=seed)
     return ec.adapt_pretrained(predictor, group, canonicalizer=canon, data=data, steps=a.steps, augment=augment,
                                prior_weight=a.prior_weight, lr=a.lr, batch_size=a.batch_size, seed=seed)
 
 
 # --- report -------------------------------------------------------------------------------------------------
 
-def tables(results: dict[str, dict[str, Any]], count: int, label: str) -> str:
-    """The summary table, the pose-error table and the table by angle, as printed."""
+def tables(results: dict[str, dict[str, Any]], count: int, label: str, names: Sequence[str] | None = None) -> str:
+    """The summary table, the pose-error table, the table by label (``names``: of the labels) and the table by
+    angle, as printed."""
     ceiling = results[CEILING]
     lines = [f"{label} (%) on {count} test inputs; ceiling = the predictor on g⁻¹·(g·x):", "",
              "| model | upright | random angles | ceiling − random | random angles + reflections |",
@@ -299,6 +323,15 @@ def tables(results: dict[str, dict[str, Any]], count: int, label: str) -> str:
             if key in r:
                 d = r[key]
                 lines.append(f"| {name} | {what} | {d['median']:.2f}° | {d['p90']:.2f}° | {d['above_10']:.1f}% |")
+    labelled = [(name, r["by_label"]) for name, r in results.items() if "by_label" in r]
+    if labelled:
+        count_labels = len(labelled[0][1])
+        lines += ["", "Accuracy at random angles (%), by label, and the share of poses more than 45° off "
+                  "(accuracy / far off):", "",
+                  "| model | " + " | ".join(names[k] if names else str(k) for k in range(count_labels)) + " |",
+                  "|---" * (count_labels + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join("–" if b["accuracy"] is None else f"{b['accuracy']:.1f}" + (
+            "" if b["far_off"] is None else f" / {b['far_off']:.1f}") for b in by) + " |" for name, by in labelled]
     degrees = ceiling["degrees"]
     lines += ["", f"{label} (%) by angle:", "", "| model | " + " | ".join(f"{d:g}°" for d in degrees) + " |",
               "|---" * (len(degrees) + 1) + "|"]
@@ -309,8 +342,8 @@ def tables(results: dict[str, dict[str, Any]], count: int, label: str) -> str:
 def run(s: Settings, out: Path | None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the predictor and data, adapt each model, evaluate all; write ``<dataset>.{json,png}`` to ``out``."""
     start = time.perf_counter()
-    build, channels = (fashion_mnist, 1) if s.dataset == "fashion_mnist" else (photos, 3)
-    part = s.fashion_mnist if s.dataset == "fashion_mnist" else s.photos
+    build, channels = (photos, 3) if s.dataset == "photos" else (labelled, 1)
+    part = {"fashion_mnist": s.fashion_mnist, "digits": s.digits, "photos": s.photos}[s.dataset]
     predictor, x, y, train, baselines = build(s, log)
     results: dict[str, dict[str, Any]] = {"vanilla": evaluate(predictor, x, y, s),
                                           CEILING: evaluate(predictor, x, y, s, undo=True)}
@@ -324,8 +357,8 @@ def run(s: Settings, out: Path | None, log: Callable[[str], None] = print) -> di
         results[group] = evaluate(model, x, y, s)
         log(f"{group}: {part.adapt.steps} steps of the prior in {seconds[group]:.0f} s; "
             f"{results[group]['random']:.1f}% at random angles")
-    label = "Accuracy" if s.dataset == "fashion_mnist" else "Agreement with the upright label"
-    table = tables(results, len(x), label)
+    label = "Agreement with the upright label" if s.dataset == "photos" else "Accuracy"
+    table = tables(results, len(x), label, FASHION_MNIST_CLASSES if s.dataset == "fashion_mnist" else None)
     payload = {"config": asdict(s), "results": results, "train_seconds": seconds, "table": table,
                "seconds": time.perf_counter() - start, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if out is not None:

