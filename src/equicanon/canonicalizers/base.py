@@ -39,6 +39,15 @@ class Canonicalization:
         group: the group the pose lives in.
         logits: ``(B, |G|)`` regular scores for discrete groups (``None`` otherwise).
         extras: method-specific tensors (e.g. embeddings of the transformed copies).
+        margin: ``(B,)``, ``>= 0``, detached: how far each sample's pose is from the runner-up, 0 at a tie
+            (the pose is then fixed by a deterministic tie-break, not by the input). Argmax poses (``C(n)``,
+            ``D(n)``, :class:`~equicanon.canonicalizers.Contrastive`, the coarse pose of refined ``SO2()`` /
+            ``O2()``): the largest minus the second-largest logit (of the scores that picked the pose,
+            Gumbel noise included); ``S(n)``: the smallest gap between consecutive sorted scores;
+            Gram–Schmidt poses: the smallest relative residual of the orthonormalised vectors (in ``[0, 1]``,
+            :func:`~equicanon.canonicalizers.functional.gram_schmidt_with_margin`). ``inf`` where there is
+            no runner-up (``|G| = 1``, ``n = 1``). Every registered canonicalizer sets it; ``None`` for
+            results built without one.
     """
 
     canonical: torch.Tensor
@@ -46,6 +55,7 @@ class Canonicalization:
     group: Group
     logits: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    margin: torch.Tensor | None = None
 
 
 class Canonicalizer(nn.Module, abc.ABC):

@@ -38,7 +38,7 @@ from ..errors import (
 from ..groups import C, D, FiniteGroup, Group, Octahedral, as_group
 from ..models import ConvEncoder, PointEncoder
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
-from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy
+from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy, top_gap
 from .image import center_crop_resize
 
 __all__ = ["Contrastive", "seeded_reference", "contrastive_similarity_loss"]
@@ -126,7 +126,8 @@ class Contrastive(Canonicalizer):
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
         check_inputs: refuse inputs holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
-    Result: ``logits = logit_scale · s`` ``(B, |G|)``; ``extras["scores"]`` = ``s`` ``(B, |G|)``;
+    Result: ``logits = logit_scale · s`` ``(B, |G|)``; ``margin`` = top minus runner-up logit ``(B,)``;
+    ``extras["scores"]`` = ``s`` ``(B, |G|)``;
     ``extras["embeddings"]`` = the copies' (projected) features ``(B, |G|, d)``, entry ``k``
     for ``g_k⁻¹·x``.
 
@@ -323,7 +324,7 @@ class Contrastive(Canonicalizer):
         canonical, pose = discrete_canonicalize(x, logits, self.group, self.action, temperature=1.0,
                                                 copies=copies)
         return Canonicalization(canonical, pose, self.group, logits=logits,
-                                extras={"scores": s, "embeddings": embeddings})
+                                extras={"scores": s, "embeddings": embeddings}, margin=top_gap(logits))
 
     # --- losses -----------------------------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ columns gives an orthogonal pose that moves the same way.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +28,10 @@ __all__ = [
     "explained",
     "discrete_canonicalize",
     "gram_schmidt",
+    "gram_schmidt_with_margin",
     "regular_to_matrix",
+    "top_gap",
+    "sorted_gap",
     "identity_cross_entropy",
     "matrix_prior",
     "nearest_element",
@@ -126,8 +131,16 @@ def discrete_canonicalize(
     return straight_through(hard, soft), pose
 
 
-def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> torch.Tensor:
-    """Orthonormalise ``k`` vectors in ``d`` dimensions into ``(B, d, d)`` orthogonal matrices.
+def _relative_floor(dtype: torch.dtype) -> float:
+    """The smallest relative residual that :func:`gram_schmidt` ever counts as independent in ``dtype``:
+    ``sqrt(machine epsilon)`` (float64 1.5e-8, float32 3.5e-4), above the rounding noise of a network's
+    exactly degenerate outputs."""
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Orthonormalise ``k`` vectors in ``d`` dimensions into ``(B, d, d)`` orthogonal matrices, for any finite input.
 
     Args:
         vectors: ``(B, d, k)``, the ``k`` vectors as columns (``k = d``, or ``k = d - 1``
@@ -135,25 +148,80 @@ def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> 
         special: if True the result has ``det = +1`` (SO(d)): with ``k = d`` the last
             column's sign is chosen; with ``k = d - 1`` it is the completing column. If
             False (O(d)) the sign that Gram–Schmidt gives is kept, so reflections survive.
-        eps: lower bound on every norm divided by, so collinear or zero vectors give finite
-            results and gradients instead of NaN; columns longer than ``eps`` are normalised exactly.
+        eps: relative degeneracy threshold. Column ``i`` is *degenerate* when its part orthogonal to the
+            columns before it is at most ``max(eps, sqrt(machine epsilon of the dtype))`` times the sample's
+            reference magnitude (the longest input column, or ``scale`` if larger); the threshold scales with
+            the input, so ``c · vectors`` gives the same pose for every ``c > 0`` (bit for bit when ``c`` is a
+            power of two; values are normalised by one first, so no square under- or overflows).
+        scale: optional ``(B,)`` reference magnitude per sample, e.g. the norm the vectors would have without
+            cancellation in the network that made them (a network's outputs that vanish by symmetry are
+            rounding noise, which relative to itself looks independent). ``None``: the longest column.
+
+    Degenerate columns are completed deterministically, so every sample gets an orthogonal matrix in the
+    input's dtype (an all-zero sample gives the identity): the last column by the (generalised) cross
+    product of the others (``det = +1``), any earlier one by the standard basis vector least aligned with
+    the columns so far (the first of those on a tie), projected and normalised. Columns in the span of the
+    independent ones are therefore moved consistently, and values and gradients stay finite (no division by
+    a vanishing norm). See :func:`gram_schmidt_with_margin` for how close a sample came to a degeneracy.
 
     Equivariant: ``gram_schmidt(Q @ V) = Q @ gram_schmidt(V)`` for orthogonal ``Q`` (with
-    ``det Q = 1`` when ``special``: a ``det = +1`` result cannot follow a reflection).
+    ``det Q = 1`` when ``special``: a ``det = +1`` result cannot follow a reflection) wherever no column
+    is degenerate.
+    """
+    return gram_schmidt_with_margin(vectors, special=special, eps=eps, scale=scale)[0]
+
+
+def gram_schmidt_with_margin(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6,
+                             scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gram_schmidt` and its margin: ``(pose (B, d, d), margin (B,))``.
+
+    ``margin`` (detached, the input's dtype) is the smallest relative residual of the ``k`` columns, each
+    column's part orthogonal to the columns before it divided by the sample's reference magnitude (in
+    ``[0, 1]``), and 0 where a column is degenerate (completed).
     """
     if vectors.ndim != 3 or vectors.shape[-1] not in (vectors.shape[-2], vectors.shape[-2] - 1):
         raise ShapeError(f"vectors: expected shape (B, d, d) or (B, d, d-1), got {tuple(vectors.shape)}")
     d, k = vectors.shape[-2], vectors.shape[-1]
     if k == d - 1 and not special:
         raise ShapeError("gram_schmidt: O(d) poses need d vectors; d-1 vectors only fix an SO(d) pose")
+    if scale is not None and scale.shape != vectors.shape[:1]:
+        raise ShapeError(f"scale: expected shape ({vectors.shape[0]},), got {tuple(scale.shape)}")
+    tol = max(float(eps), _relative_floor(vectors.dtype))
+    # a column that keeps less than this fraction of its length is projected twice: the single pass loses
+    # orthogonality as (machine epsilon) / fraction, at most eps^(3/4) (float64 2e-12, float32 6e-6) this way
+    reorthogonalise = torch.finfo(vectors.dtype).eps ** 0.25
+    # Divide by a power of two near the sample's magnitude: exact (the same bits after normalisation), and no
+    # square under- or overflows whatever the input's scale.
+    magnitude = vectors.detach().abs().amax(dim=(1, 2))
+    if scale is not None:
+        magnitude = torch.maximum(magnitude, scale.detach().to(magnitude))
+    power = torch.ldexp(torch.ones_like(magnitude), torch.frexp(magnitude).exponent)
+    power = torch.where(torch.isfinite(power) & (power > 0), power, torch.ones_like(power))
+    vectors = vectors / power[:, None, None]
+    reference = torch.linalg.vector_norm(vectors.detach(), dim=1).amax(dim=1, keepdim=True)  # (B, 1)
+    if scale is not None:
+        reference = torch.maximum(reference, (scale.detach().to(reference) / power)[:, None])
+    floor = tol * reference
+    safe_reference = torch.where(reference > 0, reference, torch.ones_like(reference))
     columns: list[torch.Tensor] = []
+    margin = torch.full_like(reference, math.inf)
     for i in range(k):
-        v = vectors[:, :, i]
-        for u in columns:
-            v = v - (u * v).sum(-1, keepdim=True) * u
-        # |v| clamped below at eps: unit columns (an exactly orthogonal pose) whenever |v| >= eps,
-        # and finite values and gradients for collinear or zero vectors
-        columns.append(v / torch.sqrt((v * v).sum(-1, keepdim=True).clamp_min(eps * eps)))
+        w = vectors[:, :, i]
+        v = _project_out(w, columns)
+        sq = (v * v).sum(-1, keepdim=True)
+        if columns:
+            # "twice is enough" (Kahan, Parlett): where cancellation removed most of w, project once more, so
+            # the column stays orthogonal to rounding error however close to dependent it was
+            again = _project_out(v, columns)
+            heavy = sq.detach() < (w.detach() * w.detach()).sum(-1, keepdim=True) * reorthogonalise**2
+            v = torch.where(heavy, again, v)
+            sq = torch.where(heavy, (again * again).sum(-1, keepdim=True), sq)
+        residual = torch.sqrt(sq.detach())
+        independent = residual > floor
+        unit = v / torch.sqrt(torch.where(independent, sq, torch.ones_like(sq)))
+        completion = _complete(columns) if i == d - 1 else _least_aligned(columns, w)
+        columns.append(torch.where(independent, unit, completion))
+        margin = torch.minimum(margin, torch.where(independent, residual / safe_reference, torch.zeros_like(residual)))
     if k == d - 1:
         columns.append(_complete(columns))
     q = torch.stack(columns, dim=-1)
@@ -161,7 +229,28 @@ def gram_schmidt(vectors: torch.Tensor, *, special: bool, eps: float = 1e-6) -> 
         sign = torch.sign(torch.linalg.det(q.detach().double())).to(q.dtype)
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         q = torch.cat([q[..., :-1], q[..., -1:] * sign[:, None, None]], dim=-1)
-    return q
+    return q, margin[:, 0]
+
+
+def _project_out(v: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """``v`` minus its components along the orthonormal ``columns``, one after the other (modified Gram–Schmidt)."""
+    for u in columns:
+        v = v - (u * v).sum(-1, keepdim=True) * u
+    return v
+
+
+def _least_aligned(columns: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The unit column orthogonal to ``columns`` made from the standard basis vector least aligned with them
+    (smallest ``Σ_u u_j²``; the first on a tie): ``e_0`` for no columns. Its residual has norm at least
+    ``sqrt(1 − m/d)`` for ``m < d`` columns, so it is well-conditioned."""
+    b, d = like.shape
+    alignment = torch.zeros(b, d, dtype=like.dtype, device=like.device)
+    for u in columns:
+        alignment = alignment + u.detach() * u.detach()
+    # a comparison, not F.one_hot, which reads the indices on the host to check them
+    e = (torch.arange(d, device=like.device) == alignment.argmin(dim=1, keepdim=True)).to(like.dtype)
+    e = _project_out(e, columns)
+    return e / torch.sqrt((e * e).sum(-1, keepdim=True))
 
 
 def _complete(columns: list[torch.Tensor]) -> torch.Tensor:
@@ -179,6 +268,25 @@ def _complete(columns: list[torch.Tensor]) -> torch.Tensor:
         minor = torch.cat([m[..., :j], m[..., j + 1:]], dim=-1)
         out.append(((-1) ** (d - 1 + j)) * torch.linalg.det(minor))
     return torch.stack(out, dim=-1)
+
+
+def top_gap(scores: torch.Tensor) -> torch.Tensor:
+    """Margin of an argmax: largest minus second-largest of ``scores (B, K)``, ``(B,)``, detached; 0 at a tie,
+    ``inf`` for ``K = 1`` (no runner-up). Pure tensor ops: no host synchronisation."""
+    scores = scores.detach()
+    if scores.shape[-1] < 2:
+        return torch.full(scores.shape[:-1], math.inf, dtype=scores.dtype, device=scores.device)
+    top = scores.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def sorted_gap(scores: torch.Tensor) -> torch.Tensor:
+    """Margin of an argsort: the smallest gap between consecutive sorted ``scores (B, n)``, ``(B,)``, detached;
+    0 at a tie, ``inf`` for ``n = 1``."""
+    scores = scores.detach()
+    if scores.shape[-1] < 2:
+        return torch.full(scores.shape[:-1], math.inf, dtype=scores.dtype, device=scores.device)
+    return scores.sort(dim=-1).values.diff(dim=-1).amin(dim=-1)
 
 
 def regular_to_matrix(group: FiniteGroup, logits: torch.Tensor) -> torch.Tensor:

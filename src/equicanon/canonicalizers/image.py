@@ -17,11 +17,12 @@ from ..nn import GroupBatchNorm, GroupConv2d, LiftingConv2d
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import (
     discrete_canonicalize,
-    gram_schmidt,
+    gram_schmidt_with_margin,
     identity_cross_entropy,
     matrix_prior,
     nearest_element,
     regular_to_matrix,
+    top_gap,
 )
 
 __all__ = ["GroupConv", "center_crop_resize", "resize_square"]
@@ -74,7 +75,10 @@ class GroupConv(Canonicalizer):
     plain CNN (:class:`~equicanon.models.ConvEncoder`) reads the coarse canonical view ``h_k⁻¹·x`` and
     gives the residual turn ``δ`` (within ``±360°/rotations``): the pose is ``h_k R(δ)``, any angle. Without
     ``refine`` the pose is the orthogonal part of ``Σ_h ℓ_h ρ(h)`` (smooth, but a few times less accurate:
-    ``docs/images.md``).
+    ``docs/images.md``); where the logits (nearly) tie, so that this matrix is rounding noise next to
+    ``Σ_h |ℓ_h|`` (blank, constant or rotation-symmetric images), Gram–Schmidt completes it to the identity.
+    ``margin``: the top minus the runner-up logit (``C(n)``, ``D(n)``, refined coarse pose) or the smallest
+    relative Gram–Schmidt residual (unrefined).
 
     Args:
         group: pose group: ``C(n)``, ``D(n)``, ``SO2()`` or ``O2()``, or its name (``"C8"``).
@@ -194,13 +198,17 @@ class GroupConv(Canonicalizer):
             group = cast(FiniteGroup, self.group)  # is_finite: C(n) or D(n)
             canonical, pose = discrete_canonicalize(x, logits, group, self.action, temperature=self.temperature,
                                                     noise=noise)
-            return Canonicalization(canonical, pose, self.group, logits=logits)
+            margin = top_gap(logits if noise is None else logits + noise)
+            return Canonicalization(canonical, pose, self.group, logits=logits, margin=margin)
         if self.residual is not None:
             return self._refined(x, view, logits)
         matrix = regular_to_matrix(self.net_group, logits)
-        pose = gram_schmidt(matrix, special=not self.group.has_reflections)
+        # measured against Σ|ℓ_h|, the largest a column of M can be: logits that (nearly) tie cancel in M,
+        # leaving rounding noise, which is a degeneracy (e.g. blank, constant or rotation-symmetric images)
+        pose, margin = gram_schmidt_with_margin(matrix, special=not self.group.has_reflections,
+                                                scale=logits.detach().abs().sum(dim=-1))
         canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)
-        return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix})
+        return Canonicalization(canonical, pose, self.group, logits=None, extras={"matrix": matrix}, margin=margin)
 
     def _refined(self, x: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> Canonicalization:
         """Coarse pose ``h_k = argmax ℓ``, residual turn ``δ`` read from the coarse canonical view: ``h_k R(δ)``."""
@@ -215,7 +223,8 @@ class GroupConv(Canonicalizer):
         pose = net_group.matrix(coarse, dtype=x.dtype) @ SO2().from_angle(delta).to(x.dtype)
         canonical = self.action(self.group.inverse(pose), x)  # one interpolation of the full input
         return Canonicalization(canonical, pose, self.group, logits=None,
-                                extras={"coarse_logits": logits, "coarse": coarse, "residual": delta})
+                                extras={"coarse_logits": logits, "coarse": coarse, "residual": delta},
+                                margin=top_gap(logits))
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """The prior, averaged over the batch: cross-entropy to the identity (discrete groups); for SO2/O2 with

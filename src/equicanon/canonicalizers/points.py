@@ -13,7 +13,7 @@ from ..errors import ConfigError, check_floating, check_positive_int, check_shap
 from ..groups import E3, O3, SE3, SO3, Group, RigidGroup, as_group
 from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
-from .functional import gram_schmidt, matrix_prior
+from .functional import gram_schmidt_with_margin, matrix_prior
 
 __all__ = ["VectorNeurons", "ParticleVectorNeurons"]
 
@@ -31,7 +31,7 @@ def _vn_trunk(in_channels: int, hidden: int, layers: int, batch_norm: bool) -> n
 
 
 class _FrameHead(nn.Module):
-    """Pooled vector channels ``(B, C, 3)`` → orthogonal pose ``(B, 3, 3)`` by Gram–Schmidt."""
+    """Per-point vector channels ``(B, N, C, 3)``, mean-pooled → orthogonal pose ``(B, 3, 3)`` by Gram–Schmidt."""
 
     def __init__(self, channels: int, special: bool, eps: float) -> None:
         super().__init__()
@@ -39,9 +39,18 @@ class _FrameHead(nn.Module):
         self.eps = eps
         self.out = VNLinear(channels, 2 if special else 3)
 
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vectors = self.out(pooled).transpose(1, 2)  # (B, 3, k): vectors as columns
-        return gram_schmidt(vectors, special=self.special, eps=self.eps), vectors
+    def forward(self, features: torch.Tensor, pool: nn.Module
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(pose (B, 3, 3), vectors (B, 3, k), margin (B,))``."""
+        vectors = self.out(pool(features)).transpose(1, 2)  # (B, 3, k): vectors as columns
+        # Degeneracy is judged against the size the output vectors would have without cancellation in the
+        # pooling, Σ_c |W_oc| mean_i |v_ic|: vectors that vanish by the input's symmetry (a centred line,
+        # coincident points) are rounding noise of that size, not directions.
+        with torch.no_grad():
+            sizes = pool(torch.linalg.vector_norm(features, dim=-1)[..., None])[..., 0]  # (B, C)
+            scale = (sizes @ self.out.weight.abs().t().to(sizes)).amax(dim=-1)
+        pose, margin = gram_schmidt_with_margin(vectors, special=self.special, eps=self.eps, scale=scale)
+        return pose, vectors, margin
 
 
 class VectorNeurons(Canonicalizer):
@@ -60,7 +69,10 @@ class VectorNeurons(Canonicalizer):
         layers: VN blocks after the edge layer.
         k: neighbours of the edge layer (capped at ``N``).
         batch_norm: normalise channel norms between layers.
-        eps: Gram–Schmidt's regulariser: collinear outputs give finite poses and gradients.
+        eps: Gram–Schmidt's relative degeneracy threshold (:func:`~equicanon.canonicalizers.functional.gram_schmidt`):
+            an output vector (nearly) dependent on the ones before it, relative to the size it would have
+            without cancellation, is completed deterministically, so coincident, collinear, planar or
+            all-zero clouds get rotations (``margin`` 0) and finite gradients.
         check_inputs: refuse point clouds holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
     """
 
@@ -82,9 +94,9 @@ class VectorNeurons(Canonicalizer):
         """Canonicalize ``x: (B, N, 3)``."""
         check_shape(x, "B N 3", name="points")
         check_floating(x, "points")
-        pose, vectors = self.head(self.pool(self.trunk(self.edge(x))))
+        pose, vectors, margin = self.head(self.trunk(self.edge(x)), self.pool)
         canonical = x @ pose.to(x.dtype)  # row i: (R^T x_i)^T
-        return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors})
+        return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors}, margin=margin)
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """``‖R − I‖²_F`` averaged over the batch (``‖R − T‖²_F`` for ``target`` matrices ``(B, 3, 3)``)."""
@@ -132,11 +144,11 @@ class ParticleVectorNeurons(Canonicalizer):
         base = torch.stack([rel, vel], dim=-2)  # (B, N, 2, 3)
         scaled = [base * feat[..., i, None, None] for i in range(self.features)]
         vectors_in = torch.cat([base, *scaled], dim=-2)  # (B, N, 2(1 + k), 3)
-        rotation, vectors = self.head(self.pool(self.trunk(vectors_in)))
+        rotation, vectors, margin = self.head(self.trunk(vectors_in), self.pool)
         rot = rotation.to(x.dtype)
         canonical = torch.cat([rel @ rot, vel @ rot, feat], dim=-1)
         pose = self.group.from_parts(rotation, centroid.to(rotation.dtype))
-        return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors})
+        return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors}, margin=margin)
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """``‖R − I‖²_F`` of the rotation part, averaged over the batch (the translation has no prior).

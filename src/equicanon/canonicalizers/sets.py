@@ -12,7 +12,7 @@ from ..errors import ConfigError, ShapeError, check_floating, check_positive_int
 from ..groups import Group, S, as_group
 from ..nn.sets import DeepSetsScorer
 from .base import Canonicalization, Canonicalizer, RegistryCase, register
-from .functional import straight_through
+from .functional import sorted_gap, straight_through
 
 __all__ = ["Sort", "soft_sort_matrix"]
 
@@ -34,7 +34,9 @@ class Sort(Canonicalizer):
     pose is the stable argsort ``π`` and the canonical form is the sorted set
     ``x̄[j] = x[π(j)]``. Exact: ``pose(g·x) = g ∘ pose(x)`` whenever scores have no
     ties (stable sorting breaks ties by position, which is not equivariant; ties
-    are measure-zero for real-valued features). Training uses straight-through
+    are measure-zero for real-valued features). Equal elements get equal scores, so a set
+    with repeated elements still has an invariant canonical form. ``margin`` is the smallest
+    gap between consecutive sorted scores (0 at a tie). Training uses straight-through
     gradients through a SoftSort relaxation with ``temperature``.
 
     Args:
@@ -70,7 +72,8 @@ class Sort(Canonicalizer):
         if torch.is_grad_enabled() and scores.requires_grad:
             soft = soft_sort_matrix(scores, self.temperature).to(x.dtype) @ x
             canonical = straight_through(hard, soft)
-        return Canonicalization(canonical, pose, self.group, logits=None, extras={"scores": scores})
+        return Canonicalization(canonical, pose, self.group, logits=None, extras={"scores": scores},
+                                margin=sorted_gap(scores))
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """Sets have no prior: no permutation of a set is more "upright" than another."""
