@@ -1,4 +1,5 @@
-"""Wrapping a predictor: canonicalization (one pass) and group averaging (|G| passes)."""
+"""Wrapping a predictor: canonicalization (one pass), weighted canonicalization (k passes) and group averaging
+(|G| passes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_type
 from .canonicalizers.functional import explained
 from .errors import (
     ConfigError,
+    DTypeError,
     GroupMismatchError,
     InputValueError,
     ShapeError,
@@ -22,7 +24,7 @@ from .errors import (
 )
 from .groups import FiniteGroup, Group, RigidGroup, as_group
 
-__all__ = ["Canonicalized", "GroupAveraged", "FrameAveraged", "pca_frames"]
+__all__ = ["Canonicalized", "WeightedCanonicalized", "GroupAveraged", "FrameAveraged", "pca_frames", "top_k_weights"]
 
 
 def _check_module(obj: object, name: str) -> None:
@@ -84,9 +86,180 @@ class Canonicalized(nn.Module):
                 ) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
         """Predict on ``x``; with ``return_canonicalization`` also return the :class:`Canonicalization`."""
         result = self.canonicalizer(x)
-        prediction = self.predictor(result.canonical)
-        out = self.output(result.pose, prediction)
+        out = self._predict(result.canonical, result.pose)
         return (out, result) if return_canonicalization else out
+
+    def _predict(self, canonical: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """``pose ⋆ predictor(canonical)``: predictions on canonical inputs ``(N, *)``, moved back by their poses ``(N,)``."""
+        return self.output(pose, self.predictor(canonical))
+
+
+def top_k_weights(logits: torch.Tensor, top_k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``top_k`` elements of largest logit and their weights, continuous in the logits.
+
+    With ``ℓ_(1) ≥ ℓ_(2) ≥ …`` a sample's logits sorted and ``t = ℓ_(k+1)`` the largest logit left out,
+    element ``h`` weighs
+
+        ``w_h = exp(ℓ_h/τ) · (ℓ_h − t)₊ / Σ_h' exp(ℓ_h'/τ) · (ℓ_h' − t)₊``
+
+    (the softmax over the top ``k`` times the gap to the first excluded logit, normalised; the softmax's own
+    normaliser cancels). Elements outside the top ``k`` have ``ℓ_h ≤ t``, so the formula gives them 0 as it
+    stands: the top-``k`` cut is no extra switch. ``t`` (an order statistic) and ``(·)₊`` are continuous, so
+    every ``w_h`` is a continuous function of the logits wherever the denominator is positive, i.e. unless
+    ``k + 1`` logits tie for the largest (then no choice of ``k`` elements is continuous; the weights are
+    ``1/k`` on the first ``k`` by index). An element that is about to leave the top ``k`` has ``ℓ_h → t``:
+    its weight goes to 0 linearly. ``k = |G|`` has no excluded element: ``w = softmax(ℓ/τ)``, smooth.
+    ``τ = inf``: ``w_h ∝ (ℓ_h − t)₊`` (uniform for ``k = |G|``). ``k = 1``: weight 1 on the argmax.
+    The weights move with the logits, so regular logits (``ℓ(g·x)[g h] = ℓ(x)[h]``) give equivariant weights,
+    ``w_{gh}(g·x) = w_h(x)``.
+
+    Args:
+        logits: ``(B, n)`` scores, one per element.
+        top_k: ``k``, ``1 ≤ k ≤ n``.
+        temperature: ``τ > 0`` of the softmax; ``math.inf`` for none.
+
+    Returns:
+        ``(elements, weights)``: ``(B, k)`` int64 indices, best first (ties: lower index first, as
+        ``argmax``), and ``(B, k)`` weights ``≥ 0`` summing to 1, differentiable in ``logits``.
+
+    Example:
+        >>> elements, weights = top_k_weights(torch.tensor([[2.0, 0.0, 1.0, 1.0]]), 2)
+        >>> elements.tolist(), weights.tolist()  # ℓ_(3) = 1: the second-best element ties with it, weight 0
+        ([[0, 2]], [[1.0, 0.0]])
+    """
+    n = logits.shape[-1]
+    values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    top, elements = values[:, :top_k], order[:, :top_k]
+    soft = torch.exp((top - top[:, :1].detach()) / temperature)  # exp(ℓ/τ) up to a factor; 1 for the best
+    if top_k == n:
+        return elements, soft / soft.sum(dim=-1, keepdim=True)
+    raw = soft * (top - values[:, top_k:top_k + 1])  # the gaps are >= 0: the values are sorted
+    total = raw.sum(dim=-1, keepdim=True)
+    tied = total <= 0  # ℓ_(1) = ℓ_(k+1): k + 1 elements tie for the largest logit
+    weights = torch.where(tied, torch.full_like(raw, 1.0 / top_k), raw / torch.where(tied, torch.ones_like(total), total))
+    return elements, weights
+
+
+class WeightedCanonicalized(Canonicalized):
+    """``f(x) = Σ_j w_j(x) · g_j ⋆ p(g_j⁻¹·x)`` over the canonicalizer's ``top_k`` best poses ``g_j``.
+
+    Weighted canonicalization (weighted frames, Dym, Lawrence & Siegel, ICML 2024) for finite groups: the
+    prediction of :class:`Canonicalized` on each of the ``k`` poses of largest logit, moved back by the output
+    action as there, averaged with the weights of :func:`top_k_weights` (softmax of ``ℓ/τ`` over the top ``k``
+    times the gap to the first excluded logit, normalised). The weights are continuous in the logits, so for a
+    continuous predictor and canonicalizer network ``f`` is continuous, also where the argmax pose of
+    :class:`Canonicalized` jumps (near-ties, nearly symmetric inputs); an element leaves the top ``k`` with
+    weight 0. Exactly equivariant: the weights move with the regular logits, ``w_{gh}(g·x) = w_h(x)``, and
+    ``(gh) ⋆ p((gh)⁻¹·g·x) = g ⋆ (h ⋆ p(h⁻¹·x))``.
+
+    ``top_k = 1`` is :class:`Canonicalized` (the same code path: the canonicalizer's pose and canonical form,
+    its tie-break, Gumbel noise and straight-through gradients). ``top_k = |G|`` with ``temperature=math.inf``
+    is :class:`GroupAveraged`. For ``top_k ≥ 2`` the ``k`` copies ``g_j⁻¹·x`` of every input go through the
+    predictor as one batch of ``B·k`` (or ``elements_per_call`` poses at a time), and the task loss reaches
+    the canonicalizer's network through the weights; those use the noise-free logits (a canonicalizer's
+    Gumbel noise changes only its own ``pose``).
+
+    Args:
+        predictor: any module; it sees canonical inputs, e.g. ``(B, C, H, W)`` images.
+        canonicalizer: a canonicalizer on a finite group whose results carry ``logits (B, |G|)``, one per
+            element: :class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
+            :class:`~equicanon.canonicalizers.Contrastive`.
+        output: how poses act on predictions, as for :class:`Canonicalized` (default
+            :class:`~equicanon.actions.Trivial`); for ``top_k ≥ 2`` predictions must be floating (they are
+            averaged), so dense outputs are e.g. logits with :class:`~equicanon.actions.Image`, not integer
+            labels with :class:`~equicanon.actions.Mask`.
+        top_k: ``k``, the number of poses, ``1 ≤ k ≤ |G|``.
+        temperature: ``τ > 0`` of the softmax over the logits (``math.inf``: no softmax factor).
+        elements_per_call: poses per predictor call, each for the whole batch (``None``: all ``k`` at once).
+
+    Raises:
+        ConfigError: a continuous group or ``S(n)`` (not supported yet), ``top_k`` outside ``1..|G|``,
+            ``temperature ≤ 0``, ``elements_per_call < 1``; in a call, a canonicalizer result without logits.
+
+    Example:
+        >>> import torch, equicanon as ec
+        >>> canon = ec.canonicalizers.GroupConv(ec.C(4), in_channels=1)
+        >>> predictor = ec.models.SmallCNN(classes=10, in_channels=1)
+        >>> model = ec.WeightedCanonicalized(predictor, canon, top_k=2).eval()
+        >>> images = torch.rand(2, 1, 28, 28)
+        >>> logits = model(images)  # one predictor call on 2 · 2 canonical copies
+        >>> torch.allclose(model(torch.rot90(images, 1, dims=(-2, -1))), logits, atol=1e-5)  # invariant to C(4)
+        True
+        >>> poses, weights = model.top_poses(model.canonicalizer(images).logits)
+        >>> poses.shape, bool(torch.allclose(weights.sum(dim=1), torch.ones(2)))
+        (torch.Size([2, 2]), True)
+    """
+
+    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None, *,
+                 top_k: int, temperature: float = 1.0, elements_per_call: int | None = None) -> None:
+        super().__init__(predictor, canonicalizer, output)
+        group = self.group
+        if not group.is_finite:
+            raise ConfigError(
+                f"WeightedCanonicalized: {group} is a continuous group; weighted frames for continuous groups "
+                "(Dym et al. 2024) are not supported yet. Use Canonicalized(predictor, canonicalizer) for one "
+                "pose, FrameAveraged for SO3/O3/SE3/E3 point clouds, or a canonicalizer on a finite subgroup "
+                "(e.g. GroupConv(C(8), ...) instead of GroupConv(SO2(), ...))")
+        if not group.is_indexed:
+            raise ConfigError(
+                f"WeightedCanonicalized: {group} poses are not indexed elements with one logit each (S(n) poses "
+                "are sorting permutations); weighting them is not supported yet: use Canonicalized")
+        self.order = cast(FiniteGroup, group).order
+        self.top_k = check_positive_int(top_k, "top_k")
+        if self.top_k > self.order:
+            raise ConfigError(f"top_k: expected an integer from 1 to |{group}| = {self.order}, got {top_k}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ConfigError(f"temperature: expected a number > 0 (math.inf for no softmax factor), got {temperature!r}")
+        self.temperature = float(temperature)
+        self.elements_per_call = (None if elements_per_call is None
+                                  else check_positive_int(elements_per_call, "elements_per_call"))
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, temperature={self.temperature:g}, elements_per_call={self.elements_per_call}"
+
+    def top_poses(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``top_k`` poses ``(B, k)`` (best first) and their weights ``(B, k)`` for logits ``(B, |G|)``:
+        :func:`top_k_weights` with this model's ``top_k`` and ``temperature``."""
+        if logits.ndim != 2 or logits.shape[1] != self.order:
+            raise ShapeError(f"logits: expected shape (B, {self.order}), one per element of {self.group}, "
+                             f"got {format_shape(logits.shape)}")
+        return top_k_weights(logits, self.top_k, self.temperature)
+
+    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
+        """Predict on ``x: (B, *)``; with ``return_canonicalization`` also return the canonicalizer's
+        :class:`Canonicalization` (its ``pose`` is the best of the ``k``)."""
+        result = self.canonicalizer(x)
+        if self.top_k == 1:
+            out = self._predict(result.canonical, result.pose)
+            return (out, result) if return_canonicalization else out
+        if result.logits is None:
+            raise ConfigError(f"WeightedCanonicalized: {type(self.canonicalizer).__name__} returned no logits; the "
+                              "weights need logits (B, |G|), one per group element (GroupConv on C(n)/D(n), "
+                              "Contrastive). Use Canonicalized for this canonicalizer")
+        if result.logits.shape[0] != x.shape[0]:
+            raise ShapeError(f"logits: expected {x.shape[0]} rows, one per input, got {format_shape(result.logits.shape)}")
+        poses, weights = self.top_poses(result.logits)
+        group, b, k = cast(FiniteGroup, self.group), x.shape[0], self.top_k
+        step = k if self.elements_per_call is None else self.elements_per_call
+        total: torch.Tensor | None = None
+        for start in range(0, k, step):
+            m = min(start + step, k) - start
+            # the chunk's copies only, rank-major: g_j^-1 x for the chunk's ranks j, each for every input
+            chunk = poses[:, start:start + m].T.reshape(-1)
+            copies = x.repeat(m, *([1] * (x.ndim - 1)))
+            canonical = explained(self.canonicalizer.action, group, group.inverse(chunk), copies, x)
+            mapped = self._predict(canonical, chunk)
+            if not mapped.is_floating_point():
+                raise DTypeError(f"WeightedCanonicalized averages predictions, but the predictor (through {self.output!r}) "
+                                 f"gave dtype {mapped.dtype}; predict floating scores (e.g. logits with "
+                                 "actions.Image instead of labels with actions.Mask), or use top_k=1")
+            mapped = mapped.reshape(m, b, *mapped.shape[1:])
+            w = weights[:, start:start + m].T.to(mapped.dtype).reshape(m, b, *([1] * (mapped.ndim - 2)))
+            part = (w * mapped).sum(dim=0)
+            total = part if total is None else total + part
+        assert total is not None  # k >= 1
+        return (total, result) if return_canonicalization else total
 
 
 class GroupAveraged(nn.Module):
