@@ -20,10 +20,30 @@ from equicanon.errors import ConfigError, DTypeError
 from equicanon.nn import LiftingConv2d
 from equicanon.testing import assert_equivariant, equivariance_error
 from equicanon.training import step
-from tests.test_adapt import CLASSES, _classifier, _Labeller, _segmenter  # plain CNNs, not rotation invariant
 
 GROUPS = [ec.C(4), ec.D(4), ec.C(8)]
 SIZES = [14, 15]  # even and odd
+CLASSES = 5
+
+
+def _classifier() -> nn.Module:
+    """A plain CNN (random filters, no batch norm); not rotation invariant."""
+    return ec.models.SmallCNN(classes=CLASSES, in_channels=3, width=8, batch_norm=False)
+
+
+def _segmenter() -> nn.Module:
+    """Per-pixel scores ``(B, 3, H, W)``: two random convolutions, not rotation equivariant."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+
+class _Argmax(nn.Module):
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.argmax(dim=1)
+
+
+def _labeller() -> nn.Module:
+    """Integer labels ``(B, H, W)``: the argmax of a segmenter."""
+    return nn.Sequential(_segmenter(), _Argmax())
 
 
 def _canonicalizer(group: ec.groups.Group) -> GroupConv:
@@ -77,7 +97,7 @@ def test_weighted_canonicalized_with_a_contrastive_canonicalizer_is_invariant():
 @pytest.mark.parametrize("group", [ec.C(4), ec.D(4)], ids=repr)
 def test_top_1_is_canonicalized(group, output, mode):
     torch.manual_seed(0)
-    predictor = {"trivial": _classifier, "image": _segmenter}.get(output, lambda: _Labeller())()
+    predictor = {"trivial": _classifier, "image": _segmenter}.get(output, lambda: _labeller())()
     out_action = {"trivial": ec.actions.Trivial(), "image": ec.actions.Image(group), "mask": ec.actions.Mask(group)}[output]
     canon = GroupConv(group, 3, hidden=4, kernel_size=3, gumbel=True).double()  # noise in training mode too
     hard = getattr(ec.Canonicalized(predictor, canon, output=out_action).double(), mode)()
@@ -414,6 +434,6 @@ def test_a_canonicalizer_without_logits_is_refused_in_the_call():
 
 def test_integer_predictions_cannot_be_averaged():
     group = ec.C(4)
-    model = ec.WeightedCanonicalized(_Labeller(), _canonicalizer(group), output=ec.actions.Mask(group), top_k=2)
+    model = ec.WeightedCanonicalized(_labeller(), _canonicalizer(group), output=ec.actions.Mask(group), top_k=2)
     with pytest.raises(DTypeError, match="floating"):
         model(torch.randn(2, 3, 14, 14))

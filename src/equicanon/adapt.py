@@ -1,8 +1,9 @@
-"""Wrapping a predictor: canonicalization (one pass), weighted canonicalization (k passes) and group averaging
-(|G| passes)."""
+"""Wrapping a predictor: canonicalization (one pass), weighted canonicalization and probabilistic symmetrization
+(k passes) and group averaging (|G| passes)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import cast
 
 import torch
@@ -24,7 +25,8 @@ from .errors import (
 )
 from .groups import FiniteGroup, Group, RigidGroup, as_group
 
-__all__ = ["Canonicalized", "WeightedCanonicalized", "GroupAveraged", "FrameAveraged", "pca_frames", "top_k_weights"]
+__all__ = ["Canonicalized", "WeightedCanonicalized", "Symmetrized", "GroupAveraged", "FrameAveraged", "pca_frames",
+           "top_k_weights"]
 
 
 def _check_module(obj: object, name: str) -> None:
@@ -140,6 +142,86 @@ def top_k_weights(logits: torch.Tensor, top_k: int, temperature: float = 1.0) ->
     return elements, weights
 
 
+def _indexed_order(model: Canonicalized, continuous: str, verb: str) -> int:
+    """``|G|`` of ``model``'s group if its poses are indexed elements with one logit each (C(n), D(n), ...);
+    else a :class:`ConfigError` saying what ``continuous`` groups need and what to use instead."""
+    owner, group = type(model).__name__, model.group
+    if not group.is_finite:
+        raise ConfigError(
+            f"{owner}: {group} is a continuous group; {continuous} is not supported yet. Use "
+            "Canonicalized(predictor, canonicalizer) for one pose, FrameAveraged for SO3/O3/SE3/E3 point clouds, "
+            "or a canonicalizer on a finite subgroup (e.g. GroupConv(C(8), ...) instead of GroupConv(SO2(), ...))")
+    if not group.is_indexed:
+        raise ConfigError(
+            f"{owner}: {group} poses are not indexed elements with one logit each (S(n) poses are sorting "
+            f"permutations); {verb} them is not supported yet: use Canonicalized")
+    return cast(FiniteGroup, group).order
+
+
+def _check_temperature(temperature: object, infinite: str) -> float:
+    """``temperature`` as a float ``τ > 0`` (``math.inf`` allowed, meaning ``infinite``), else a ConfigError."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"temperature: expected a number > 0 (math.inf for {infinite}), got {temperature!r}")
+    return float(temperature)
+
+
+def _check_logits(logits: torch.Tensor, order: int, group: Group) -> None:
+    if logits.ndim != 2 or logits.shape[1] != order:
+        raise ShapeError(f"logits: expected shape (B, {order}), one per element of {group}, "
+                         f"got {format_shape(logits.shape)}")
+
+
+def _result_logits(model: Canonicalized, result: Canonicalization, x: torch.Tensor, need: str) -> torch.Tensor:
+    """``result.logits`` ``(B, |G|)``, or a ConfigError (none: ``need`` needs them) / ShapeError (wrong rows)."""
+    if result.logits is None:
+        raise ConfigError(f"{type(model).__name__}: {type(model.canonicalizer).__name__} returned no logits; "
+                          f"{need} need logits (B, |G|), one per group element (GroupConv on C(n)/D(n), "
+                          "Contrastive). Use Canonicalized for this canonicalizer")
+    if result.logits.shape[0] != x.shape[0]:
+        raise ShapeError(f"logits: expected {x.shape[0]} rows, one per input, got {format_shape(result.logits.shape)}")
+    return result.logits
+
+
+def _pose_predictions(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, elements_per_call: int | None,
+                      otherwise: str | None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k)``, ``elements_per_call`` columns at a time (``None``: all ``k``).
+
+    Yields ``(columns, mapped)``: the chunk's columns of ``poses`` and its mapped predictions ``(m, B, *)``,
+    one predictor call on ``m·B`` copies (column-major: the chunk's ``j``, each for every input). Predictions
+    must be floating (they are averaged), else a DTypeError ending in ``otherwise`` (``None``: not checked).
+    """
+    group, b, k = cast(FiniteGroup, model.group), x.shape[0], poses.shape[1]
+    step = k if elements_per_call is None else elements_per_call
+    for start in range(0, k, step):
+        columns = slice(start, min(start + step, k))
+        m = columns.stop - start
+        chunk = poses[:, columns].T.reshape(-1)
+        copies = x.repeat(m, *([1] * (x.ndim - 1)))
+        canonical = explained(model.canonicalizer.action, group, group.inverse(chunk), copies, x)
+        mapped = model._predict(canonical, chunk)
+        if otherwise is not None and not mapped.is_floating_point():
+            raise DTypeError(f"{type(model).__name__} averages predictions, but the predictor (through "
+                             f"{model.output!r}) gave dtype {mapped.dtype}; predict floating scores (e.g. logits "
+                             f"with actions.Image instead of labels with actions.Mask), or {otherwise}")
+        yield columns, mapped.reshape(m, b, *mapped.shape[1:])
+
+
+def _broadcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-pose weights ``(B, m)`` as ``(m, B, 1, …)`` in ``like``'s dtype, to scale mapped predictions ``(m, B, *)``."""
+    return weights.T.to(like.dtype).reshape(*weights.T.shape, *([1] * (like.ndim - 2)))
+
+
+def _weighted_sum(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, weights: torch.Tensor,
+                  elements_per_call: int | None, otherwise: str) -> torch.Tensor:
+    """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses and weights ``(B, k)``: ``(B, *)``."""
+    total: torch.Tensor | None = None
+    for columns, mapped in _pose_predictions(model, x, poses, elements_per_call, otherwise):
+        part = (_broadcast(weights[:, columns], mapped) * mapped).sum(dim=0)
+        total = part if total is None else total + part
+    assert total is not None  # k >= 1
+    return total
+
+
 class WeightedCanonicalized(Canonicalized):
     """``f(x) = Σ_j w_j(x) · g_j ⋆ p(g_j⁻¹·x)`` over the canonicalizer's ``top_k`` best poses ``g_j``.
 
@@ -193,24 +275,11 @@ class WeightedCanonicalized(Canonicalized):
     def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None, *,
                  top_k: int, temperature: float = 1.0, elements_per_call: int | None = None) -> None:
         super().__init__(predictor, canonicalizer, output)
-        group = self.group
-        if not group.is_finite:
-            raise ConfigError(
-                f"WeightedCanonicalized: {group} is a continuous group; weighted frames for continuous groups "
-                "(Dym et al. 2024) are not supported yet. Use Canonicalized(predictor, canonicalizer) for one "
-                "pose, FrameAveraged for SO3/O3/SE3/E3 point clouds, or a canonicalizer on a finite subgroup "
-                "(e.g. GroupConv(C(8), ...) instead of GroupConv(SO2(), ...))")
-        if not group.is_indexed:
-            raise ConfigError(
-                f"WeightedCanonicalized: {group} poses are not indexed elements with one logit each (S(n) poses "
-                "are sorting permutations); weighting them is not supported yet: use Canonicalized")
-        self.order = cast(FiniteGroup, group).order
+        self.order = _indexed_order(self, "weighted frames for continuous groups (Dym et al. 2024)", "weighting")
         self.top_k = check_positive_int(top_k, "top_k")
         if self.top_k > self.order:
-            raise ConfigError(f"top_k: expected an integer from 1 to |{group}| = {self.order}, got {top_k}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ConfigError(f"temperature: expected a number > 0 (math.inf for no softmax factor), got {temperature!r}")
-        self.temperature = float(temperature)
+            raise ConfigError(f"top_k: expected an integer from 1 to |{self.group}| = {self.order}, got {top_k}")
+        self.temperature = _check_temperature(temperature, "no softmax factor")
         self.elements_per_call = (None if elements_per_call is None
                                   else check_positive_int(elements_per_call, "elements_per_call"))
 
@@ -220,9 +289,7 @@ class WeightedCanonicalized(Canonicalized):
     def top_poses(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``top_k`` poses ``(B, k)`` (best first) and their weights ``(B, k)`` for logits ``(B, |G|)``:
         :func:`top_k_weights` with this model's ``top_k`` and ``temperature``."""
-        if logits.ndim != 2 or logits.shape[1] != self.order:
-            raise ShapeError(f"logits: expected shape (B, {self.order}), one per element of {self.group}, "
-                             f"got {format_shape(logits.shape)}")
+        _check_logits(logits, self.order, self.group)
         return top_k_weights(logits, self.top_k, self.temperature)
 
     def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False
@@ -233,33 +300,167 @@ class WeightedCanonicalized(Canonicalized):
         if self.top_k == 1:
             out = self._predict(result.canonical, result.pose)
             return (out, result) if return_canonicalization else out
-        if result.logits is None:
-            raise ConfigError(f"WeightedCanonicalized: {type(self.canonicalizer).__name__} returned no logits; the "
-                              "weights need logits (B, |G|), one per group element (GroupConv on C(n)/D(n), "
-                              "Contrastive). Use Canonicalized for this canonicalizer")
-        if result.logits.shape[0] != x.shape[0]:
-            raise ShapeError(f"logits: expected {x.shape[0]} rows, one per input, got {format_shape(result.logits.shape)}")
-        poses, weights = self.top_poses(result.logits)
-        group, b, k = cast(FiniteGroup, self.group), x.shape[0], self.top_k
-        step = k if self.elements_per_call is None else self.elements_per_call
-        total: torch.Tensor | None = None
-        for start in range(0, k, step):
-            m = min(start + step, k) - start
-            # the chunk's copies only, rank-major: g_j^-1 x for the chunk's ranks j, each for every input
-            chunk = poses[:, start:start + m].T.reshape(-1)
-            copies = x.repeat(m, *([1] * (x.ndim - 1)))
-            canonical = explained(self.canonicalizer.action, group, group.inverse(chunk), copies, x)
-            mapped = self._predict(canonical, chunk)
-            if not mapped.is_floating_point():
-                raise DTypeError(f"WeightedCanonicalized averages predictions, but the predictor (through {self.output!r}) "
-                                 f"gave dtype {mapped.dtype}; predict floating scores (e.g. logits with "
-                                 "actions.Image instead of labels with actions.Mask), or use top_k=1")
-            mapped = mapped.reshape(m, b, *mapped.shape[1:])
-            w = weights[:, start:start + m].T.to(mapped.dtype).reshape(m, b, *([1] * (mapped.ndim - 2)))
-            part = (w * mapped).sum(dim=0)
-            total = part if total is None else total + part
-        assert total is not None  # k >= 1
+        poses, weights = self.top_poses(_result_logits(self, result, x, "the weights"))
+        total = _weighted_sum(self, x, poses, weights, self.elements_per_call, "use top_k=1")
         return (total, result) if return_canonicalization else total
+
+
+class Symmetrized(Canonicalized):
+    """``f(x) = E_{h ~ p(·|x)} h ⋆ p(h⁻¹·x)``, estimated by the mean over ``samples`` poses drawn from ``p(·|x)``.
+
+    Probabilistic symmetrization (Kim et al., NeurIPS 2023) for finite groups: the canonicalizer's logits give
+    an equivariant distribution over poses, ``p(h|x) = softmax(ℓ(x)/τ)_h``, a categorical. Every input draws
+    ``k = samples`` poses ``h_1 … h_k`` i.i.d. from it (with replacement: ``samples = |G|`` is *not* a
+    permutation of ``G``, some elements come twice and some not at all), the predictor runs on each
+    ``h_j⁻¹·x`` and each prediction is moved back by the output action, as in :class:`Canonicalized`:
+
+        ``f̂(x) = (1/k) Σ_j h_j ⋆ p(h_j⁻¹·x)``,   ``E f̂(x) = f(x) = Σ_h p(h|x) · h ⋆ p(h⁻¹·x)`` (:meth:`expected`).
+
+    Equivariant in distribution: the logits are regular, ``ℓ(g·x)[g h] = ℓ(x)[h]``, so
+    ``p(g h | g·x) = p(h | x)`` and ``f̂(g·x)`` has the law of ``g ⋆ f̂(x)``; the expectation ``f`` is exactly
+    equivariant. A single draw with a fixed seed is not (the noise does not move with ``g``). It is a
+    randomized model in evaluation mode too (``model.eval()`` changes only the modules' own behaviour);
+    :meth:`expected` is its deterministic version (all ``|G|`` poses, weighted by ``p(h|x)``: the same as
+    ``WeightedCanonicalized(top_k=|G|, temperature=τ)``). As ``τ → 0`` every draw is the argmax pose, the
+    prediction of :class:`Canonicalized` (ties aside); ``τ = math.inf`` samples uniformly (Monte-Carlo group
+    averaging, nothing for the canonicalizer to learn).
+
+    Gradients. The predictor gets ordinary (pathwise) gradients: ``∂f̂/∂θ_p = (1/k) Σ_j ∂y_j/∂θ_p`` with
+    ``y_j = h_j ⋆ p(h_j⁻¹·x)``, unbiased for ``∂f/∂θ_p``. The poses are discrete draws and ``y_j`` does not
+    depend on the logits except through which ``h_j`` was drawn, so there is no pathwise gradient to the
+    canonicalizer; straight-through (as in :class:`Canonicalized`) or a Gumbel-softmax mixture of transformed
+    inputs would be biased (a mixture of copies is not in the orbit). The output therefore carries the
+    score-function (REINFORCE) surrogate with the leave-one-out baseline ``b_j = (1/(k−1)) Σ_{i≠j} y_i``
+    (Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE samples, get a baseline for free"):
+
+        ``out = f̂ + (1/k) Σ_j (log p(h_j|x) − ⊥log p(h_j|x)) · ⊥(y_j − b_j)``   (``⊥``: detached),
+
+    whose added term is exactly 0 in the forward pass (``out`` is ``f̂``), and whose Jacobian in the logits is
+    ``(1/k) Σ_j ∇ log p(h_j|x) · (y_j − b_j)ᵀ``. Since ``E ∇ log p(h|x) = 0`` and ``b_j`` is independent of
+    ``h_j``, this is an unbiased estimate of ``∂f/∂ℓ``, the gradient of the expectation; the baseline removes
+    the mean of ``y`` from the score term (the main source of variance) at no cost: it reuses the other
+    ``k − 1`` predictions, no extra predictor pass. ``k = 1`` has no baseline (plain REINFORCE). Hence
+    ``loss.backward()`` of any loss linear in the output (a weighted sum, the expected prediction's score) gives
+    unbiased gradients to the logits and the canonicalizer's network. For a non-linear task loss
+    (cross-entropy, MSE) the gradient is ``∂L/∂f`` at the ``k``-sample estimate times that unbiased Jacobian,
+    as ``L(f̂)`` is itself a ``k``-sample estimate of ``L(f)``: both tighten as ``k`` grows.
+
+    Args:
+        predictor: any module; it sees transformed inputs, e.g. ``(B, C, H, W)`` images.
+        canonicalizer: a canonicalizer on a finite group whose results carry ``logits (B, |G|)``:
+            :class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
+            :class:`~equicanon.canonicalizers.Contrastive`. Only its logits are used (noise-free: a
+            canonicalizer's Gumbel noise changes only its own ``pose``).
+        output: how poses act on predictions, as for :class:`Canonicalized` (default
+            :class:`~equicanon.actions.Trivial`); for ``samples ≥ 2`` predictions must be floating (they are
+            averaged). With ``samples = 1`` integer predictions (labels) come back as drawn, without gradients.
+        samples: ``k ≥ 1``, draws per input; the ``k`` copies of the batch go through the predictor as one
+            batch of ``B·k`` (or ``elements_per_call`` draws at a time).
+        temperature: ``τ > 0`` of ``p(h|x) = softmax(ℓ/τ)`` (``math.inf``: uniform).
+        elements_per_call: draws per predictor call, each for the whole batch (``None``: all ``k`` at once).
+        generator: where the draws come from (``None``: torch's global generator). It is advanced by every
+            call; pass a per-call ``generator=`` to :meth:`forward` to share one model between threads.
+
+    Raises:
+        ConfigError: a continuous group or ``S(n)`` (not supported yet), ``samples < 1``, ``temperature ≤ 0``,
+            ``elements_per_call < 1``, a ``generator`` that is not a ``torch.Generator``; in a call, a
+            canonicalizer result without logits.
+        DTypeError: in a call, integer predictions with ``samples ≥ 2``.
+
+    Example:
+        >>> import torch, equicanon as ec
+        >>> canon = ec.canonicalizers.create("group_conv", group="C4", in_channels=1)
+        >>> model = ec.Symmetrized(ec.models.SmallCNN(classes=10, in_channels=1), canon, samples=4).eval()
+        >>> images = torch.rand(2, 1, 28, 28)
+        >>> logits = model(images, generator=torch.Generator().manual_seed(0))  # one predictor call on 2 · 4 copies
+        >>> torch.equal(model(images, generator=torch.Generator().manual_seed(0)), logits)  # reproducible
+        True
+        >>> model.sample_poses(canon(images).logits, torch.Generator().manual_seed(0)).shape  # (B, samples)
+        torch.Size([2, 4])
+        >>> with torch.no_grad():  # the expectation is exactly invariant to C(4)
+        ...     mean = model.expected(images)
+        ...     torch.allclose(model.expected(torch.rot90(images, 1, dims=(-2, -1))), mean, atol=1e-5)
+        True
+    """
+
+    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None, *,
+                 samples: int, temperature: float = 1.0, elements_per_call: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(predictor, canonicalizer, output)
+        self.order = _indexed_order(self, "sampling poses of continuous groups (equivariant noise on the output "
+                                          "vectors before Gram–Schmidt, Kim et al. 2023)", "sampling")
+        self.samples = check_positive_int(samples, "samples")
+        self.temperature = _check_temperature(temperature, "uniform sampling")
+        self.elements_per_call = (None if elements_per_call is None
+                                  else check_positive_int(elements_per_call, "elements_per_call"))
+        self.generator = _check_generator(generator)
+
+    def extra_repr(self) -> str:
+        return f"samples={self.samples}, temperature={self.temperature:g}, elements_per_call={self.elements_per_call}"
+
+    def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``log p(h|x) = log_softmax(ℓ/τ)``: ``(B, |G|)`` for logits ``(B, |G|)``, differentiable."""
+        _check_logits(logits, self.order, self.group)
+        return torch.log_softmax(logits / self.temperature, dim=-1)
+
+    def sample_poses(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``samples`` i.i.d. draws per row from ``softmax(ℓ/τ)``: ``(B, k)`` int64 elements for logits ``(B, |G|)``.
+
+        Inverse-CDF sampling of uniforms drawn from ``generator`` (default: the model's, else torch's global one)
+        on the generator's device, so a seeded CPU generator draws the same poses for inputs on any device.
+        Elements of probability 0 are never drawn.
+        """
+        _check_logits(logits, self.order, self.group)
+        gen = _check_generator(generator) or self.generator
+        work = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no float64
+        cdf = torch.softmax(logits.detach().to(work) / self.temperature, dim=-1).cumsum(dim=-1)
+        u = torch.rand(logits.shape[0], self.samples, generator=gen, dtype=torch.float64,
+                       device=gen.device if gen is not None else logits.device).to(device=logits.device, dtype=work)
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)  # cdf[i-1] <= u·total < cdf[i]
+        return drawn.clamp_(max=self.order - 1)
+
+    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
+        """A ``samples``-draw estimate ``(B, *)`` of :meth:`expected` for ``x: (B, *)``, carrying the score-function
+        surrogate (see the class); ``generator`` overrides the model's for this call. With
+        ``return_canonicalization`` also the canonicalizer's :class:`Canonicalization` (its ``pose`` is the argmax,
+        not a draw)."""
+        result = self.canonicalizer(x)
+        logits = _result_logits(self, result, x, "the samples")
+        poses = self.sample_poses(logits, generator)
+        k = self.samples
+        score = (self.log_probabilities(logits).gather(1, poses) / k)
+        score = score - score.detach()  # exactly 0, gradient ∇ log p(h_j|x) / k
+        sums: list[torch.Tensor] = []  # Σ_j y_j, Σ_j c_j ⊥y_j, Σ_j c_j, Σ_j ⊥y_j (c_j: the score terms)
+        for columns, mapped in _pose_predictions(self, x, poses, self.elements_per_call,
+                                                 "use samples=1" if k > 1 else None):
+            if not mapped.is_floating_point():  # samples = 1: a drawn label, nothing to differentiate
+                out = mapped[0]
+                return (out, result) if return_canonicalization else out
+            c, y = _broadcast(score[:, columns], mapped), mapped.detach()
+            parts = [mapped.sum(dim=0), (c * y).sum(dim=0), c.sum(dim=0), y.sum(dim=0)]
+            sums = parts if not sums else [a + b for a, b in zip(sums, parts, strict=True)]
+        total, score_y, score_sum, y_sum = sums
+        if k == 1:
+            out = total + score_y
+        else:  # Σ_j c_j (y_j − b_j) with b_j = (Σ_i y_i − y_j) / (k − 1)
+            out = total / k + (k / (k - 1)) * score_y - y_sum * (score_sum / (k - 1))
+        return (out, result) if return_canonicalization else out
+
+    def expected(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact expectation ``Σ_h p(h|x) · h ⋆ p(h⁻¹·x)`` ``(B, *)`` for ``x: (B, *)``: all ``|G|`` poses,
+        ``elements_per_call`` at a time; deterministic, exactly equivariant, and differentiable in the logits
+        (the gradient the sampled estimate's surrogate estimates)."""
+        logits = _result_logits(self, self.canonicalizer(x), x, "the probabilities")
+        _check_logits(logits, self.order, self.group)
+        poses, weights = top_k_weights(logits, self.order, self.temperature)  # k = |G|: softmax(ℓ/τ)
+        return _weighted_sum(self, x, poses, weights, self.elements_per_call, "use forward with samples=1")
+
+
+def _check_generator(generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 class GroupAveraged(nn.Module):
