@@ -182,13 +182,15 @@ def _result_logits(model: Canonicalized, result: Canonicalization, x: torch.Tens
     return result.logits
 
 
-def _pose_predictions(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, elements_per_call: int | None,
-                      otherwise: str | None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k)``, ``elements_per_call`` columns at a time (``None``: all ``k``).
+def _pose_predictions(model: Canonicalized | GroupAveraged, action: Action, x: torch.Tensor, poses: torch.Tensor,
+                      elements_per_call: int | None, otherwise: str | None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k)``, ``elements_per_call`` columns at a time (``None``: all ``k``):
+    ``model``'s predictor on the inputs moved by ``action``, its predictions moved back by ``model.output``.
 
     Yields ``(columns, mapped)``: the chunk's columns of ``poses`` and its mapped predictions ``(m, B, *)``,
-    one predictor call on ``m·B`` copies (column-major: the chunk's ``j``, each for every input). Predictions
-    must be floating (they are averaged), else a DTypeError ending in ``otherwise`` (``None``: not checked).
+    one predictor call on ``m·B`` copies (column-major: the chunk's ``j``, each for every input; only this
+    chunk's copies exist at a time). Predictions must be floating (they are averaged), else a DTypeError
+    ending in ``otherwise`` (``None``: not checked).
     """
     group, b, k = cast(FiniteGroup, model.group), x.shape[0], poses.shape[1]
     step = k if elements_per_call is None else elements_per_call
@@ -197,8 +199,8 @@ def _pose_predictions(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor
         m = columns.stop - start
         chunk = poses[:, columns].T.reshape(-1)
         copies = x.repeat(m, *([1] * (x.ndim - 1)))
-        canonical = explained(model.canonicalizer.action, group, group.inverse(chunk), copies, x)
-        mapped = model._predict(canonical, chunk)
+        canonical = explained(action, group, group.inverse(chunk), copies, x)
+        mapped = model.output(chunk, model.predictor(canonical))
         if otherwise is not None and not mapped.is_floating_point():
             raise DTypeError(f"{type(model).__name__} averages predictions, but the predictor (through "
                              f"{model.output!r}) gave dtype {mapped.dtype}; predict floating scores (e.g. logits "
@@ -215,7 +217,7 @@ def _weighted_sum(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, we
                   elements_per_call: int | None, otherwise: str) -> torch.Tensor:
     """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses and weights ``(B, k)``: ``(B, *)``."""
     total: torch.Tensor | None = None
-    for columns, mapped in _pose_predictions(model, x, poses, elements_per_call, otherwise):
+    for columns, mapped in _pose_predictions(model, model.canonicalizer.action, x, poses, elements_per_call, otherwise):
         part = (_broadcast(weights[:, columns], mapped) * mapped).sum(dim=0)
         total = part if total is None else total + part
     assert total is not None  # k >= 1
@@ -432,7 +434,7 @@ class Symmetrized(Canonicalized):
         score = (self.log_probabilities(logits).gather(1, poses) / k)
         score = score - score.detach()  # exactly 0, gradient ∇ log p(h_j|x) / k
         sums: list[torch.Tensor] = []  # Σ_j y_j, Σ_j c_j ⊥y_j, Σ_j c_j, Σ_j ⊥y_j (c_j: the score terms)
-        for columns, mapped in _pose_predictions(self, x, poses, self.elements_per_call,
+        for columns, mapped in _pose_predictions(self, self.canonicalizer.action, x, poses, self.elements_per_call,
                                                  "use samples=1" if k > 1 else None):
             if not mapped.is_floating_point():  # samples = 1: a drawn label, nothing to differentiate
                 out = mapped[0]
@@ -500,17 +502,11 @@ class GroupAveraged(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average of the predictor over all transformed copies of ``x: (B, *)``."""
-        group, b, n = self.group, x.shape[0], self.group.order
-        step = n if self.elements_per_call is None else self.elements_per_call
+        n = self.group.order
+        every = torch.arange(n, device=x.device).expand(x.shape[0], n)  # element-major copies, as for k poses
         total: torch.Tensor | None = None
-        for start in range(0, n, step):
-            # only this chunk's copies exist at a time: g_k^-1 x for k in the chunk, element-major
-            k = torch.arange(start, min(start + step, n), device=x.device)
-            repeated = x.repeat(len(k), *([1] * (x.ndim - 1)))
-            batch = explained(self.input, group, group.inverse(k).repeat_interleave(b), repeated, x)
-            pred = self.predictor(batch)
-            mapped = self.output(k.repeat_interleave(b), pred)
-            part = mapped.reshape(len(k), b, *mapped.shape[1:]).sum(0)
+        for _, mapped in _pose_predictions(self, self.input, x, every, self.elements_per_call, None):
+            part = mapped.sum(0)
             total = part if total is None else total + part
         assert total is not None
         return total / n
