@@ -299,14 +299,16 @@ def element_error(group: Group, g: torch.Tensor) -> torch.Tensor:
     g = g.detach().cpu() if isinstance(g, torch.Tensor) else g
     try:
         g = group.check(g, "pose")
+        valid = True
     except ElementError:
         # integer rows of the right shape: the values are wrong (index out of range, not a permutation)
         if not (isinstance(g, torch.Tensor) and g.ndim >= 1 and not g.is_floating_point()
                 and tuple(g.shape[1:]) == group.element_shape()):
             raise
+        valid = False
     if not g.is_floating_point():  # indices / permutations: check() reads the values on the CPU
         errors = torch.zeros(g.shape[0], dtype=torch.float64)
-        for i in range(g.shape[0]):
+        for i in range(0 if valid else g.shape[0]):  # which rows failed the batch's check
             try:
                 group.check(g[i:i + 1], "pose")
             except ElementError:
