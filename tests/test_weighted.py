@@ -382,13 +382,13 @@ def test_it_trains_with_the_library_step():
 
 
 @pytest.mark.parametrize("group", [ec.SO2(), ec.O2()], ids=repr)
-def test_a_continuous_group_is_not_supported_yet(group):
-    with pytest.raises(ConfigError, match=r"not supported yet.*Canonicalized"):
-        ec.WeightedCanonicalized(_classifier(), GroupConv(group, 3, hidden=4), top_k=2)
+def test_unrefined_continuous_poses_are_refused(group):
+    with pytest.raises(ConfigError, match=r"does not rank several poses.*refine.*Canonicalized"):
+        ec.WeightedCanonicalized(_classifier(), GroupConv(group, 3, hidden=4, refine=False), top_k=2)
 
 
-def test_permutation_poses_are_not_supported_yet():
-    with pytest.raises(ConfigError, match="not supported yet"):
+def test_permutation_poses_are_refused():
+    with pytest.raises(ConfigError, match=r"S\(n\) poses are sorting permutations.*use Canonicalized"):
         ec.WeightedCanonicalized(nn.Flatten(), ec.canonicalizers.Sort(ec.S(5), 2), top_k=2)
 
 

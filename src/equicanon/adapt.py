@@ -11,7 +11,7 @@ from torch import nn
 
 from .actions import Action, Image, Trivial
 from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_typed_errors
-from .canonicalizers.functional import explained
+from .canonicalizers.functional import explained, sample_categorical, top_k_weights
 from .errors import (
     ConfigError,
     DTypeError,
@@ -96,66 +96,23 @@ class Canonicalized(nn.Module):
         return self.output(pose, self.predictor(canonical))
 
 
-def top_k_weights(logits: torch.Tensor, top_k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``top_k`` elements of largest logit and their weights, continuous in the logits.
-
-    With ``ℓ_(1) ≥ ℓ_(2) ≥ …`` a sample's logits sorted and ``t = ℓ_(k+1)`` the largest logit left out,
-    element ``h`` weighs
-
-        ``w_h = exp(ℓ_h/τ) · (ℓ_h − t)₊ / Σ_h' exp(ℓ_h'/τ) · (ℓ_h' − t)₊``
-
-    (the softmax over the top ``k`` times the gap to the first excluded logit, normalised; the softmax's own
-    normaliser cancels). Elements outside the top ``k`` have ``ℓ_h ≤ t``, so the formula gives them 0 as it
-    stands: the top-``k`` cut is no extra switch. ``t`` (an order statistic) and ``(·)₊`` are continuous, so
-    every ``w_h`` is a continuous function of the logits wherever the denominator is positive, i.e. unless
-    ``k + 1`` logits tie for the largest (then no choice of ``k`` elements is continuous; the weights are
-    ``1/k`` on the first ``k`` by index). An element that is about to leave the top ``k`` has ``ℓ_h → t``:
-    its weight goes to 0 linearly. ``k = |G|`` has no excluded element: ``w = softmax(ℓ/τ)``, smooth.
-    ``τ = inf``: ``w_h ∝ (ℓ_h − t)₊`` (uniform for ``k = |G|``). ``k = 1``: weight 1 on the argmax.
-    The weights move with the logits, so regular logits (``ℓ(g·x)[g h] = ℓ(x)[h]``) give equivariant weights,
-    ``w_{gh}(g·x) = w_h(x)``.
-
-    Args:
-        logits: ``(B, n)`` scores, one per element.
-        top_k: ``k``, ``1 ≤ k ≤ n``.
-        temperature: ``τ > 0`` of the softmax; ``math.inf`` for none.
-
-    Returns:
-        ``(elements, weights)``: ``(B, k)`` int64 indices, best first (ties: lower index first, as
-        ``argmax``), and ``(B, k)`` weights ``≥ 0`` summing to 1, differentiable in ``logits``.
-
-    Example:
-        >>> elements, weights = top_k_weights(torch.tensor([[2.0, 0.0, 1.0, 1.0]]), 2)
-        >>> elements.tolist(), weights.tolist()  # ℓ_(3) = 1: the second-best element ties with it, weight 0
-        ([[0, 2]], [[1.0, 0.0]])
-    """
-    n = logits.shape[-1]
-    values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-    top, elements = values[:, :top_k], order[:, :top_k]
-    soft = torch.exp((top - top[:, :1].detach()) / temperature)  # exp(ℓ/τ) up to a factor; 1 for the best
-    if top_k == n:
-        return elements, soft / soft.sum(dim=-1, keepdim=True)
-    raw = soft * (top - values[:, top_k:top_k + 1])  # the gaps are >= 0: the values are sorted
-    total = raw.sum(dim=-1, keepdim=True)
-    tied = total <= 0  # ℓ_(1) = ℓ_(k+1): k + 1 elements tie for the largest logit
-    weights = torch.where(tied, torch.full_like(raw, 1.0 / top_k), raw / torch.where(tied, torch.ones_like(total), total))
-    return elements, weights
-
-
-def _indexed_order(model: Canonicalized, continuous: str, verb: str) -> int:
-    """``|G|`` of ``model``'s group if its poses are indexed elements with one logit each (C(n), D(n), ...);
-    else a :class:`ConfigError` saying what ``continuous`` groups need and what to use instead."""
-    owner, group = type(model).__name__, model.group
+def _candidates(model: Canonicalized, top_k: bool) -> int | None:
+    """How many poses ``model``'s canonicalizer ranks (``top_k``) or whether it samples poses at all (else
+    ``None``): a :class:`ConfigError` saying what to use instead where it does neither."""
+    owner, group, canon = type(model).__name__, model.group, model.canonicalizer
+    count = canon.candidate_count
+    if (count if top_k else canon.samples_poses):
+        return count
+    what = "rank several poses" if top_k else "sample poses"
     if not group.is_finite:
         raise ConfigError(
-            f"{owner}: {group} is a continuous group; {continuous} is not supported yet. Use "
-            "Canonicalized(predictor, canonicalizer) for one pose, FrameAveraged for SO3/O3/SE3/E3 point clouds, "
-            "or a canonicalizer on a finite subgroup (e.g. GroupConv(C(8), ...) instead of GroupConv(SO2(), ...))")
-    if not group.is_indexed:
-        raise ConfigError(
-            f"{owner}: {group} poses are not indexed elements with one logit each (S(n) poses are sorting "
-            f"permutations); {verb} them is not supported yet: use Canonicalized")
-    return cast(FiniteGroup, group).order
+            f"{owner}: {type(canon).__name__} on {group} does not {what} (continuous groups need a canonicalizer "
+            "that does: GroupConv on SO2()/O2() with refine (its default), VectorNeurons or ParticleVectorNeurons"
+            f"{' with vectors >= 3 (SO3, SE3) or >= 4 (O3, E3)' if top_k else ''}). Use Canonicalized for one "
+            "pose, or FrameAveraged for SO3/O3/SE3/E3 point clouds")
+    raise ConfigError(
+        f"{owner}: {group} poses are not indexed elements with one logit each (S(n) poses are sorting "
+        f"permutations); {type(canon).__name__} does not {what}: use Canonicalized")
 
 
 def _check_temperature(temperature: object, infinite: str) -> float:
@@ -171,20 +128,10 @@ def _check_logits(logits: torch.Tensor, order: int, group: Group) -> None:
                          f"got {format_shape(logits.shape)}")
 
 
-def _result_logits(model: Canonicalized, result: Canonicalization, x: torch.Tensor, need: str) -> torch.Tensor:
-    """``result.logits`` ``(B, |G|)``, or a ConfigError (none: ``need`` needs them) / ShapeError (wrong rows)."""
-    if result.logits is None:
-        raise ConfigError(f"{type(model).__name__}: {type(model.canonicalizer).__name__} returned no logits; "
-                          f"{need} need logits (B, |G|), one per group element (GroupConv on C(n)/D(n), "
-                          "Contrastive). Use Canonicalized for this canonicalizer")
-    if result.logits.shape[0] != x.shape[0]:
-        raise ShapeError(f"logits: expected {x.shape[0]} rows, one per input, got {format_shape(result.logits.shape)}")
-    return result.logits
-
-
 def _pose_predictions(model: Canonicalized | GroupAveraged, action: Action, x: torch.Tensor, poses: torch.Tensor,
                       elements_per_call: int | None, otherwise: str | None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k)``, ``elements_per_call`` columns at a time (``None``: all ``k``):
+    """``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` (indices or matrices), ``elements_per_call`` columns at a time
+    (``None``: all ``k``):
     ``model``'s predictor on the inputs moved by ``action``, its predictions moved back by ``model.output``.
 
     Yields ``(columns, mapped)``: the chunk's columns of ``poses`` and its mapped predictions ``(m, B, *)``,
@@ -192,12 +139,12 @@ def _pose_predictions(model: Canonicalized | GroupAveraged, action: Action, x: t
     chunk's copies exist at a time). Predictions must be floating (they are averaged), else a DTypeError
     ending in ``otherwise`` (``None``: not checked).
     """
-    group, b, k = cast(FiniteGroup, model.group), x.shape[0], poses.shape[1]
+    group, b, k = model.group, x.shape[0], poses.shape[1]
     step = k if elements_per_call is None else elements_per_call
     for start in range(0, k, step):
         columns = slice(start, min(start + step, k))
         m = columns.stop - start
-        chunk = poses[:, columns].T.reshape(-1)
+        chunk = poses[:, columns].transpose(0, 1).reshape(m * b, *poses.shape[2:])
         copies = x.repeat(m, *([1] * (x.ndim - 1)))
         canonical = explained(action, group, group.inverse(chunk), copies, x)
         mapped = model.output(chunk, model.predictor(canonical))
@@ -215,7 +162,7 @@ def _broadcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _weighted_sum(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, weights: torch.Tensor,
                   elements_per_call: int | None, otherwise: str) -> torch.Tensor:
-    """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses and weights ``(B, k)``: ``(B, *)``."""
+    """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` and weights ``(B, k)``: ``(B, *)``."""
     total: torch.Tensor | None = None
     for columns, mapped in _pose_predictions(model, model.canonicalizer.action, x, poses, elements_per_call, otherwise):
         part = (_broadcast(weights[:, columns], mapped) * mapped).sum(dim=0)
@@ -227,7 +174,7 @@ def _weighted_sum(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, we
 class WeightedCanonicalized(Canonicalized):
     """``f(x) = Σ_j w_j(x) · g_j ⋆ p(g_j⁻¹·x)`` over the canonicalizer's ``top_k`` best poses ``g_j``.
 
-    Weighted canonicalization (weighted frames, Dym, Lawrence & Siegel, ICML 2024) for finite groups: the
+    Weighted canonicalization (weighted frames, Dym, Lawrence & Siegel, ICML 2024). Finite groups: the
     prediction of :class:`Canonicalized` on each of the ``k`` poses of largest logit, moved back by the output
     action as there, averaged with the weights of :func:`top_k_weights` (softmax of ``ℓ/τ`` over the top ``k``
     times the gap to the first excluded logit, normalised). The weights are continuous in the logits, so for a
@@ -235,6 +182,14 @@ class WeightedCanonicalized(Canonicalized):
     :class:`Canonicalized` jumps (near-ties, nearly symmetric inputs); an element leaves the top ``k`` with
     weight 0. Exactly equivariant: the weights move with the regular logits, ``w_{gh}(g·x) = w_h(x)``, and
     ``(gh) ⋆ p((gh)⁻¹·g·x) = g ⋆ (h ⋆ p(h⁻¹·x))``.
+
+    Continuous groups: the canonicalizer ranks its own candidate poses
+    (:meth:`~equicanon.canonicalizers.Canonicalizer.weighted_poses`). A refined ``GroupConv`` on ``SO2()`` /
+    ``O2()`` takes its ``k`` best coarse elements (weights as above, of the coarse logits) and refines each by
+    its residual turn; ``VectorNeurons`` / ``ParticleVectorNeurons`` with ``vectors = m`` output vectors take
+    the frames of the ``C(m, 2)`` pairs (``C(m, 3)`` triples with reflections) of vectors that are farthest from
+    dependent, weighted by :func:`~equicanon.canonicalizers.functional.weighted_frames` so that a frame weighs 0
+    where its Gram–Schmidt jumps.
 
     ``top_k = 1`` is :class:`Canonicalized` (the same code path: the canonicalizer's pose and canonical form,
     its tie-break, Gumbel noise and straight-through gradients). ``top_k = |G|`` with ``temperature=math.inf``
@@ -245,20 +200,24 @@ class WeightedCanonicalized(Canonicalized):
 
     Args:
         predictor: any module; it sees canonical inputs, e.g. ``(B, C, H, W)`` images.
-        canonicalizer: a canonicalizer on a finite group whose results carry ``logits (B, |G|)``, one per
-            element: :class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
-            :class:`~equicanon.canonicalizers.Contrastive`.
+        canonicalizer: one that ranks poses (``canonicalizer.candidate_count`` is not ``None``): on a finite
+            group, one whose results carry ``logits (B, |G|)``, one per element
+            (:class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
+            :class:`~equicanon.canonicalizers.Contrastive`); refined ``GroupConv`` on ``SO2()`` / ``O2()``;
+            ``VectorNeurons`` / ``ParticleVectorNeurons`` (``top_k ≥ 2`` needs ``vectors ≥ 3``, or ``≥ 4`` with
+            reflections).
         output: how poses act on predictions, as for :class:`Canonicalized` (default
             :class:`~equicanon.actions.Trivial`); for ``top_k ≥ 2`` predictions must be floating (they are
             averaged), so dense outputs are e.g. logits with :class:`~equicanon.actions.Image`, not integer
             labels with :class:`~equicanon.actions.Mask`.
-        top_k: ``k``, the number of poses, ``1 ≤ k ≤ |G|``.
+        top_k: ``k``, the number of poses, ``1 ≤ k ≤ canonicalizer.candidate_count`` (``|G|`` for finite groups).
         temperature: ``τ > 0`` of the softmax over the logits (``math.inf``: no softmax factor).
         elements_per_call: poses per predictor call, each for the whole batch (``None``: all ``k`` at once).
 
     Raises:
-        ConfigError: a continuous group or ``S(n)`` (not supported yet), ``top_k`` outside ``1..|G|``,
-            ``temperature ≤ 0``, ``elements_per_call < 1``; in a call, a canonicalizer result without logits.
+        ConfigError: a canonicalizer that ranks no poses (``S(n)``, unrefined ``SO2()`` / ``O2()``), ``top_k``
+            outside ``1..candidate_count``, ``temperature ≤ 0``, ``elements_per_call < 1``; in a call, a
+            canonicalizer result without logits.
 
     Example:
         >>> import torch, equicanon as ec
@@ -277,10 +236,11 @@ class WeightedCanonicalized(Canonicalized):
     def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None, *,
                  top_k: int, temperature: float = 1.0, elements_per_call: int | None = None) -> None:
         super().__init__(predictor, canonicalizer, output)
-        self.order = _indexed_order(self, "weighted frames for continuous groups (Dym et al. 2024)", "weighting")
+        self.order = cast(int, _candidates(self, top_k=True))
         self.top_k = check_positive_int(top_k, "top_k")
         if self.top_k > self.order:
-            raise ConfigError(f"top_k: expected an integer from 1 to |{self.group}| = {self.order}, got {top_k}")
+            what = f"|{self.group}|" if self.group.is_indexed else f"the {type(canonicalizer).__name__}'s candidates"
+            raise ConfigError(f"top_k: expected an integer from 1 to {what} = {self.order}, got {top_k}")
         self.temperature = _check_temperature(temperature, "no softmax factor")
         self.elements_per_call = (None if elements_per_call is None
                                   else check_positive_int(elements_per_call, "elements_per_call"))
@@ -290,9 +250,19 @@ class WeightedCanonicalized(Canonicalized):
 
     def top_poses(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``top_k`` poses ``(B, k)`` (best first) and their weights ``(B, k)`` for logits ``(B, |G|)``:
-        :func:`top_k_weights` with this model's ``top_k`` and ``temperature``."""
+        :func:`top_k_weights` with this model's ``top_k`` and ``temperature`` (groups of indexed elements; for
+        any canonicalizer, :meth:`weighted_poses`)."""
+        if not self.group.is_indexed:
+            raise ConfigError(f"top_poses takes logits, one per element; {self.group} poses are not indexed "
+                              "elements: use model.weighted_poses(x)")
         _check_logits(logits, self.order, self.group)
         return top_k_weights(logits, self.top_k, self.temperature)
+
+    def weighted_poses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``top_k`` poses ``(B, k, *)`` of inputs ``x (B, *)`` (best first: element indices, or matrices
+        ``(B, k, d, d)`` for continuous groups) and their weights ``(B, k)``
+        (:meth:`~equicanon.canonicalizers.Canonicalizer.weighted_poses`)."""
+        return self.canonicalizer.weighted_poses(x, self.canonicalizer(x), self.top_k, self.temperature)
 
     def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
@@ -302,7 +272,7 @@ class WeightedCanonicalized(Canonicalized):
         if self.top_k == 1:
             out = self._predict(result.canonical, result.pose)
             return (out, result) if return_canonicalization else out
-        poses, weights = self.top_poses(_result_logits(self, result, x, "the weights"))
+        poses, weights = self.canonicalizer.weighted_poses(x, result, self.top_k, self.temperature)
         total = _weighted_sum(self, x, poses, weights, self.elements_per_call, "use top_k=1")
         return (total, result) if return_canonicalization else total
 
@@ -310,7 +280,7 @@ class WeightedCanonicalized(Canonicalized):
 class Symmetrized(Canonicalized):
     """``f(x) = E_{h ~ p(·|x)} h ⋆ p(h⁻¹·x)``, estimated by the mean over ``samples`` poses drawn from ``p(·|x)``.
 
-    Probabilistic symmetrization (Kim et al., NeurIPS 2023) for finite groups: the canonicalizer's logits give
+    Probabilistic symmetrization (Kim et al., NeurIPS 2023). Finite groups: the canonicalizer's logits give
     an equivariant distribution over poses, ``p(h|x) = softmax(ℓ(x)/τ)_h``, a categorical. Every input draws
     ``k = samples`` poses ``h_1 … h_k`` i.i.d. from it (with replacement: ``samples = |G|`` is *not* a
     permutation of ``G``, some elements come twice and some not at all), the predictor runs on each
@@ -326,6 +296,17 @@ class Symmetrized(Canonicalized):
     ``WeightedCanonicalized(top_k=|G|, temperature=τ)``). As ``τ → 0`` every draw is the argmax pose, the
     prediction of :class:`Canonicalized` (ties aside); ``τ = math.inf`` samples uniformly (Monte-Carlo group
     averaging, nothing for the canonicalizer to learn).
+
+    Continuous groups: the canonicalizer draws its own poses
+    (:meth:`~equicanon.canonicalizers.Canonicalizer.sampled_poses`). A refined ``GroupConv`` on ``SO2()`` /
+    ``O2()`` draws coarse elements from the softmax of its coarse logits and refines each (the coarse draw has
+    the score-function gradients below, the residual turn pathwise ones; :meth:`expected` sums the coarse
+    elements). ``VectorNeurons`` / ``ParticleVectorNeurons`` draw noisy frames, Gram–Schmidt of their output
+    vectors plus isotropic Gaussian noise whose standard deviation is ``τ`` times the vectors' RMS length
+    (:func:`~equicanon.canonicalizers.functional.noisy_frames`): the normal law is rotation invariant, so the
+    frames are equivariant in distribution, and they are differentiable in the vectors, so the canonicalizer
+    gets pathwise (reparameterized) gradients, as in Kim et al., and no score-function term; the distribution
+    is continuous, so there is no :meth:`expected` (average many draws).
 
     Gradients. The predictor gets ordinary (pathwise) gradients: ``∂f̂/∂θ_p = (1/k) Σ_j ∂y_j/∂θ_p`` with
     ``y_j = h_j ⋆ p(h_j⁻¹·x)``, unbiased for ``∂f/∂θ_p``. The poses are discrete draws and ``y_j`` does not
@@ -349,22 +330,26 @@ class Symmetrized(Canonicalized):
 
     Args:
         predictor: any module; it sees transformed inputs, e.g. ``(B, C, H, W)`` images.
-        canonicalizer: a canonicalizer on a finite group whose results carry ``logits (B, |G|)``:
-            :class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
-            :class:`~equicanon.canonicalizers.Contrastive`. Only its logits are used (noise-free: a
-            canonicalizer's Gumbel noise changes only its own ``pose``).
+        canonicalizer: one that samples poses (``canonicalizer.samples_poses``): on a finite group, one whose
+            results carry ``logits (B, |G|)`` (:class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
+            :class:`~equicanon.canonicalizers.Contrastive`; only its noise-free logits are used: a
+            canonicalizer's Gumbel noise changes only its own ``pose``); refined ``GroupConv`` on ``SO2()`` /
+            ``O2()``; ``VectorNeurons``, ``ParticleVectorNeurons``.
         output: how poses act on predictions, as for :class:`Canonicalized` (default
             :class:`~equicanon.actions.Trivial`); for ``samples ≥ 2`` predictions must be floating (they are
             averaged). With ``samples = 1`` integer predictions (labels) come back as drawn, without gradients.
         samples: ``k ≥ 1``, draws per input; the ``k`` copies of the batch go through the predictor as one
             batch of ``B·k`` (or ``elements_per_call`` draws at a time).
-        temperature: ``τ > 0`` of ``p(h|x) = softmax(ℓ/τ)`` (``math.inf``: uniform).
+        temperature: ``τ > 0`` of ``p(h|x) = softmax(ℓ/τ)`` (``math.inf``: uniform); for noisy frames, the
+            noise's standard deviation relative to the output vectors' RMS length (``math.inf``: Haar-uniform
+            rotations).
         elements_per_call: draws per predictor call, each for the whole batch (``None``: all ``k`` at once).
         generator: where the draws come from (``None``: torch's global generator). It is advanced by every
             call; pass a per-call ``generator=`` to :meth:`forward` to share one model between threads.
 
     Raises:
-        ConfigError: a continuous group or ``S(n)`` (not supported yet), ``samples < 1``, ``temperature ≤ 0``,
+        ConfigError: a canonicalizer that samples no poses (``S(n)``, unrefined ``SO2()`` / ``O2()``),
+            ``samples < 1``, ``temperature ≤ 0``,
             ``elements_per_call < 1``, a ``generator`` that is not a ``torch.Generator``; in a call, a
             canonicalizer result without logits.
         DTypeError: in a call, integer predictions with ``samples ≥ 2``.
@@ -389,8 +374,7 @@ class Symmetrized(Canonicalized):
                  samples: int, temperature: float = 1.0, elements_per_call: int | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(predictor, canonicalizer, output)
-        self.order = _indexed_order(self, "sampling poses of continuous groups (equivariant noise on the output "
-                                          "vectors before Gram–Schmidt, Kim et al. 2023)", "sampling")
+        self.order = _candidates(self, top_k=False)  # None: a continuous distribution (no finite support)
         self.samples = check_positive_int(samples, "samples")
         self.temperature = _check_temperature(temperature, "uniform sampling")
         self.elements_per_call = (None if elements_per_call is None
@@ -401,25 +385,35 @@ class Symmetrized(Canonicalized):
         return f"samples={self.samples}, temperature={self.temperature:g}, elements_per_call={self.elements_per_call}"
 
     def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """``log p(h|x) = log_softmax(ℓ/τ)``: ``(B, |G|)`` for logits ``(B, |G|)``, differentiable."""
-        _check_logits(logits, self.order, self.group)
+        """``log p(h|x) = log_softmax(ℓ/τ)``: ``(B, |G|)`` for logits ``(B, |G|)``, differentiable (groups of
+        indexed elements)."""
+        self._check_indexed(logits)
         return torch.log_softmax(logits / self.temperature, dim=-1)
 
     def sample_poses(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``samples`` i.i.d. draws per row from ``softmax(ℓ/τ)``: ``(B, k)`` int64 elements for logits ``(B, |G|)``.
+        """``samples`` i.i.d. draws per row from ``softmax(ℓ/τ)``: ``(B, k)`` int64 elements for logits ``(B, |G|)``
+        (groups of indexed elements; for any canonicalizer, :meth:`draw_poses`).
 
         Inverse-CDF sampling of uniforms drawn from ``generator`` (default: the model's, else torch's global one)
         on the generator's device, so a seeded CPU generator draws the same poses for inputs on any device.
         Elements of probability 0 are never drawn.
         """
-        _check_logits(logits, self.order, self.group)
+        self._check_indexed(logits)
+        return sample_categorical(logits, self.samples, self.temperature, _check_generator(generator) or self.generator)
+
+    def draw_poses(self, x: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``samples`` poses per input ``x (B, *)`` from ``p(·|x)`` and their log-probabilities:
+        ``(poses (B, k, *), log_p (B, k) or None)``
+        (:meth:`~equicanon.canonicalizers.Canonicalizer.sampled_poses`; ``None``: reparameterized draws)."""
         gen = _check_generator(generator) or self.generator
-        work = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no float64
-        cdf = torch.softmax(logits.detach().to(work) / self.temperature, dim=-1).cumsum(dim=-1)
-        u = torch.rand(logits.shape[0], self.samples, generator=gen, dtype=torch.float64,
-                       device=gen.device if gen is not None else logits.device).to(device=logits.device, dtype=work)
-        drawn = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)  # cdf[i-1] <= u·total < cdf[i]
-        return drawn.clamp_(max=self.order - 1)
+        return self.canonicalizer.sampled_poses(x, self.canonicalizer(x), self.samples, self.temperature, gen)
+
+    def _check_indexed(self, logits: torch.Tensor) -> None:
+        if self.order is None or not self.group.is_indexed:
+            raise ConfigError(f"this takes logits, one per element; {self.group} poses are not indexed elements: "
+                              "use model.draw_poses(x)")
+        _check_logits(logits, self.order, self.group)
 
     def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
@@ -428,10 +422,18 @@ class Symmetrized(Canonicalized):
         ``return_canonicalization`` also the canonicalizer's :class:`Canonicalization` (its ``pose`` is the argmax,
         not a draw)."""
         result = self.canonicalizer(x)
-        logits = _result_logits(self, result, x, "the samples")
-        poses = self.sample_poses(logits, generator)
+        gen = _check_generator(generator) or self.generator
+        poses, log_p = self.canonicalizer.sampled_poses(x, result, self.samples, self.temperature, gen)
         k = self.samples
-        score = (self.log_probabilities(logits).gather(1, poses) / k)
+        if log_p is None:  # reparameterized draws: the poses carry pathwise gradients, the mean is the estimate
+            total = None
+            for _, mapped in _pose_predictions(self, self.canonicalizer.action, x, poses, self.elements_per_call,
+                                               "use samples=1" if k > 1 else None):
+                total = mapped.sum(dim=0) if total is None else total + mapped.sum(dim=0)
+            assert total is not None  # k >= 1
+            out = total if k == 1 else total / k
+            return (out, result) if return_canonicalization else out
+        score = log_p / k
         score = score - score.detach()  # exactly 0, gradient ∇ log p(h_j|x) / k
         sums: list[torch.Tensor] = []  # Σ_j y_j, Σ_j c_j ⊥y_j, Σ_j c_j, Σ_j ⊥y_j (c_j: the score terms)
         for columns, mapped in _pose_predictions(self, self.canonicalizer.action, x, poses, self.elements_per_call,
@@ -453,9 +455,11 @@ class Symmetrized(Canonicalized):
         """The exact expectation ``Σ_h p(h|x) · h ⋆ p(h⁻¹·x)`` ``(B, *)`` for ``x: (B, *)``: all ``|G|`` poses,
         ``elements_per_call`` at a time; deterministic, exactly equivariant, and differentiable in the logits
         (the gradient the sampled estimate's surrogate estimates)."""
-        logits = _result_logits(self, self.canonicalizer(x), x, "the probabilities")
-        _check_logits(logits, self.order, self.group)
-        poses, weights = top_k_weights(logits, self.order, self.temperature)  # k = |G|: softmax(ℓ/τ)
+        if self.order is None:
+            raise ConfigError(f"{type(self.canonicalizer).__name__} draws {self.group} poses from a continuous "
+                              "distribution, which has no finite expectation to sum: average forward over many "
+                              "samples (e.g. samples=64) instead")
+        poses, weights = self.canonicalizer.pose_distribution(x, self.canonicalizer(x), self.temperature)
         return _weighted_sum(self, x, poses, weights, self.elements_per_call, "use forward with samples=1")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from ..errors import (
 )
 from ..groups import Group, as_group
 from ..groups.base import reads_values
+
+if TYPE_CHECKING:
+    from ..groups import FiniteGroup
 
 __all__ = ["Canonicalization", "Canonicalizer", "RegistryEntry", "RegistryCase", "register", "create", "available", "entry",
            "call_with_typed_errors"]
@@ -142,6 +145,71 @@ class Canonicalizer(nn.Module, abc.ABC):
             terms["contrastive"] = self.contrastive_loss(result)
             loss = loss + contrastive_weight * terms["contrastive"]
         return loss, terms
+
+    # --- several poses per input: weighted canonicalization and probabilistic symmetrization -----------------
+    # (equicanon.WeightedCanonicalized and equicanon.Symmetrized call these; a canonicalizer supports them by
+    # overriding them, as GroupConv does for refined SO2()/O2() poses and the vector-neuron ones do for frames)
+
+    @property
+    def candidate_count(self) -> int | None:
+        """How many poses :meth:`weighted_poses` ranks per input, the largest ``top_k`` (``None``: it ranks
+        none). Default: ``|G|`` for groups of indexed elements (``C(n)``, ``D(n)``), whose results carry
+        logits, one per element; ``None`` otherwise."""
+        group = self.group
+        return cast("FiniteGroup", group).order if group.is_indexed else None
+
+    @property
+    def samples_poses(self) -> bool:
+        """Whether :meth:`sampled_poses` draws poses from an equivariant distribution ``p(h|x)`` (default:
+        for groups of indexed elements, a categorical over the logits)."""
+        return self.group.is_indexed
+
+    def weighted_poses(self, x: torch.Tensor, result: Canonicalization, top_k: int, temperature: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``top_k`` best poses for ``x (B, *)`` and weights continuous in ``x``: ``(poses (B, k, *), weights
+        (B, k))``, best first, weights ``≥ 0`` summing to 1, and equivariant (``poses(g·x) = g poses(x)`` with
+        the same weights). Default: the elements of largest logit with
+        :func:`~equicanon.canonicalizers.functional.top_k_weights` (``result.logits (B, |G|)``)."""
+        from .functional import top_k_weights
+
+        return top_k_weights(self.result_logits(result, x), top_k, temperature)
+
+    def sampled_poses(self, x: torch.Tensor, result: Canonicalization, samples: int, temperature: float = 1.0,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``samples`` poses per input drawn from an equivariant distribution ``p(h|x)``: ``(poses (B, k, *),
+        log_p)``. ``log_p (B, k)`` is ``log p(h_j|x)``, differentiable in the network, for draws that carry no
+        pathwise gradient (discrete ones: the caller adds the score-function term), or ``None`` when the poses
+        are differentiable in the network (reparameterized draws). Default: i.i.d. draws from
+        ``softmax(ℓ/τ)`` (:func:`~equicanon.canonicalizers.functional.sample_categorical`)."""
+        from .functional import sample_categorical
+
+        logits = self.result_logits(result, x)
+        drawn = sample_categorical(logits, samples, temperature, generator)
+        return drawn, torch.log_softmax(logits / temperature, dim=-1).gather(1, drawn)
+
+    def pose_distribution(self, x: torch.Tensor, result: Canonicalization, temperature: float = 1.0
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All poses :meth:`sampled_poses` can draw and their probabilities: ``(poses (B, n, *), p (B, n))``,
+        for the exact expectation. Default: every element, ``softmax(ℓ/τ)``. A :class:`ConfigError` where
+        the distribution is continuous (no finite support)."""
+        from .functional import top_k_weights
+
+        logits = self.result_logits(result, x)
+        return top_k_weights(logits, logits.shape[1], temperature)  # k = |G|: softmax(ℓ/τ), elements by logit
+
+    def result_logits(self, result: Canonicalization, x: torch.Tensor) -> torch.Tensor:
+        """``result.logits (B, |G|)`` for inputs ``x (B, *)``: a :class:`ConfigError` if there are none, a
+        :class:`ShapeError` if their shape is not one row per input and one column per element."""
+        order = self.candidate_count
+        if result.logits is None or order is None:
+            raise ConfigError(f"{type(self).__name__} returned no logits; weighting or sampling its poses needs "
+                              "logits (B, |G|), one per group element (GroupConv on C(n)/D(n), Contrastive), "
+                              "or a canonicalizer that ranks or samples its poses itself (refined GroupConv on "
+                              "SO2()/O2(), VectorNeurons, ParticleVectorNeurons)")
+        if result.logits.shape != (x.shape[0], order):
+            raise ShapeError(f"logits: expected shape ({x.shape[0]}, {order}), one row per input and one column "
+                             f"per element of {self.group}, got {format_shape(result.logits.shape)}")
+        return result.logits
 
     def check_action(self, action: Action, what: str = "the output action") -> None:
         """Raise :class:`GroupMismatchError` if ``action`` acts with a group other than ``self.group``."""

@@ -35,6 +35,10 @@ __all__ = [
     "identity_cross_entropy",
     "matrix_prior",
     "nearest_element",
+    "top_k_weights",
+    "sample_categorical",
+    "weighted_frames",
+    "noisy_frames",
 ]
 
 
@@ -326,3 +330,167 @@ def nearest_element(group: FiniteGroup, m: torch.Tensor) -> torch.Tensor:
     mats = group.matrix(group.elements(device=m.device), dtype=m.dtype)
     distance = (m[:, None] - mats[None]).flatten(2).square().sum(-1)
     return distance.argmin(dim=1)
+
+
+def top_k_weights(logits: torch.Tensor, top_k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``top_k`` elements of largest logit and their weights, continuous in the logits.
+
+    With ``ℓ_(1) ≥ ℓ_(2) ≥ …`` a sample's logits sorted and ``t = ℓ_(k+1)`` the largest logit left out,
+    element ``h`` weighs
+
+        ``w_h = exp(ℓ_h/τ) · (ℓ_h − t)₊ / Σ_h' exp(ℓ_h'/τ) · (ℓ_h' − t)₊``
+
+    (the softmax over the top ``k`` times the gap to the first excluded logit, normalised; the softmax's own
+    normaliser cancels). Elements outside the top ``k`` have ``ℓ_h ≤ t``, so the formula gives them 0 as it
+    stands: the top-``k`` cut is no extra switch. ``t`` (an order statistic) and ``(·)₊`` are continuous, so
+    every ``w_h`` is a continuous function of the logits wherever the denominator is positive, i.e. unless
+    ``k + 1`` logits tie for the largest (then no choice of ``k`` elements is continuous; the weights are
+    ``1/k`` on the first ``k`` by index). An element that is about to leave the top ``k`` has ``ℓ_h → t``:
+    its weight goes to 0 linearly. ``k = |G|`` has no excluded element: ``w = softmax(ℓ/τ)``, smooth.
+    ``τ = inf``: ``w_h ∝ (ℓ_h − t)₊`` (uniform for ``k = |G|``). ``k = 1``: weight 1 on the argmax.
+    The weights move with the logits, so regular logits (``ℓ(g·x)[g h] = ℓ(x)[h]``) give equivariant weights,
+    ``w_{gh}(g·x) = w_h(x)``.
+
+    Args:
+        logits: ``(B, n)`` scores, one per element.
+        top_k: ``k``, ``1 ≤ k ≤ n``.
+        temperature: ``τ > 0`` of the softmax; ``math.inf`` for none.
+
+    Returns:
+        ``(elements, weights)``: ``(B, k)`` int64 indices, best first (ties: lower index first, as
+        ``argmax``), and ``(B, k)`` weights ``≥ 0`` summing to 1, differentiable in ``logits``.
+
+    Example:
+        >>> elements, weights = top_k_weights(torch.tensor([[2.0, 0.0, 1.0, 1.0]]), 2)
+        >>> elements.tolist(), weights.tolist()  # ℓ_(3) = 1: the second-best element ties with it, weight 0
+        ([[0, 2]], [[1.0, 0.0]])
+    """
+    n = logits.shape[-1]
+    values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    top, elements = values[:, :top_k], order[:, :top_k]
+    soft = torch.exp((top - top[:, :1].detach()) / temperature)  # exp(ℓ/τ) up to a factor; 1 for the best
+    if top_k == n:
+        return elements, soft / soft.sum(dim=-1, keepdim=True)
+    raw = soft * (top - values[:, top_k:top_k + 1])  # the gaps are >= 0: the values are sorted
+    total = raw.sum(dim=-1, keepdim=True)
+    tied = total <= 0  # ℓ_(1) = ℓ_(k+1): k + 1 elements tie for the largest logit
+    weights = torch.where(tied, torch.full_like(raw, 1.0 / top_k), raw / torch.where(tied, torch.ones_like(total), total))
+    return elements, weights
+
+
+def sample_categorical(logits: torch.Tensor, samples: int, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """``samples`` i.i.d. draws per row from ``softmax(ℓ/τ)``: ``(B, k)`` int64 indices for logits ``(B, n)``.
+
+    Inverse-CDF sampling of uniforms drawn from ``generator`` (``None``: torch's global one) on the generator's
+    device, so a seeded CPU generator draws the same indices for logits on any device. Indices of probability 0
+    (logit ``-inf``) are never drawn; ``τ = math.inf`` draws uniformly.
+    """
+    work = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no float64
+    cdf = torch.softmax(logits.detach().to(work) / temperature, dim=-1).cumsum(dim=-1)
+    u = torch.rand(logits.shape[0], samples, generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else logits.device).to(device=logits.device,
+                                                                                           dtype=work)
+    drawn = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)  # cdf[i-1] <= u·total < cdf[i]
+    return drawn.clamp_(max=logits.shape[-1] - 1)
+
+
+def _frame_size(vectors: torch.Tensor, special: bool) -> int:
+    """How many of ``vectors (B, d, m)``'s columns fix a pose: ``d - 1`` (``special``) or ``d``; else a ShapeError."""
+    if vectors.ndim != 3:
+        raise ShapeError(f"vectors: expected shape (B, d, m), m vectors as columns, got {tuple(vectors.shape)}")
+    d, m = vectors.shape[-2:]
+    size = d - 1 if special else d
+    if m < size:
+        raise ShapeError(f"vectors: a {'rotation' if special else 'pose'} in {d} dimensions needs {size} vectors, "
+                         f"got shape {tuple(vectors.shape)}")
+    return size
+
+
+def weighted_frames(vectors: torch.Tensor, top_k: int, *, special: bool, temperature: float = 1.0,
+                    eps: float = 1e-6, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted frames of equivariant vectors: the ``top_k`` best-conditioned Gram–Schmidt frames and their weights.
+
+    Every subset of ``s`` of the ``m`` columns (``s = d - 1`` when ``special``, else ``d``; in index order)
+    is orthonormalised by :func:`gram_schmidt_with_margin` into a frame ``F_S``, which moves with the input
+    (``F_S(QV) = Q F_S(V)``) wherever its columns are independent. Its score is ``c_S = (margin_S − tol)₊``,
+    ``tol = max(eps, sqrt(machine epsilon))`` Gram–Schmidt's own threshold: invariant, continuous, and 0
+    exactly where ``F_S`` is completed (nearly dependent columns), i.e. wherever ``F_S`` can jump. The
+    weights are :func:`top_k_weights` of the scores with one more score 0 that is never a frame, so the
+    ``(k+1)``-th score is ``≥ 0`` and ``w_S ∝ exp(c_S/τ) · (c_S − c_(k+1))₊`` vanishes at every degenerate
+    frame, also for ``k`` = all subsets. Hence ``Σ_S w_S · F_S ⋆ p(F_S⁻¹·x)`` is exactly equivariant and
+    continuous wherever at least one subset is independent (Dym, Lawrence & Siegel, ICML 2024: weighted
+    frames are continuous where every canonicalization jumps). Where every subset is degenerate the weights
+    are ``1/k`` on the first ``k`` (completed) frames.
+
+    Args:
+        vectors: ``(B, d, m)`` equivariant vectors as columns, ``m ≥ s``.
+        top_k: frames per sample, ``1 ≤ k ≤ C(m, s)``.
+        special: ``det = +1`` frames (SO(d)) from ``d - 1`` columns and their completion; else O(d) frames.
+        temperature: ``τ > 0`` of the factor ``exp(c/τ)`` (``math.inf``: none).
+        eps, scale: Gram–Schmidt's relative threshold and reference magnitude ``(B,)``, the same for every
+            subset (``None``: the longest of the ``m`` vectors); it must be invariant, e.g. the size the vectors
+            would have without cancellation in the network that made them.
+
+    Returns:
+        ``(frames (B, k, d, d), weights (B, k))``: best first; the weights (detached) are ``≥ 0`` and sum to 1.
+
+    Example:
+        >>> v = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.2], [0.0, 0.0, 0.0]]])  # columns x, y, x + 0.2 y
+        >>> frames, weights = weighted_frames(v, 3, special=True)  # pairs (x, y), (x, x + 0.2 y), (y, x + 0.2 y)
+        >>> frames.shape, [round(w, 3) for w in weights[0].tolist()]  # the nearly dependent pair weighs little
+        (torch.Size([1, 3, 3, 3]), [0.478, 0.478, 0.044])
+    """
+    size = _frame_size(vectors, special)
+    b, d, m = vectors.shape
+    subsets = torch.combinations(torch.arange(m, device=vectors.device), size)  # (S, s), rows in index order
+    n = subsets.shape[0]
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
+        raise ShapeError(f"top_k: expected an integer from 1 to C({m}, {size}) = {n}, the frames of {m} vectors, "
+                         f"got {top_k!r}")
+    chosen = vectors[:, :, subsets].permute(0, 2, 1, 3).reshape(b * n, d, size)  # (B·S, d, s)
+    if scale is None:  # one reference for every subset, so that their scores compare
+        scale = torch.linalg.vector_norm(vectors.detach(), dim=1).amax(dim=1)
+    frames, margin = gram_schmidt_with_margin(chosen, special=special, eps=eps, scale=scale.repeat_interleave(n))
+    tol = max(float(eps), _relative_floor(vectors.dtype))
+    scores = (margin.reshape(b, n) - tol).clamp_min(0)
+    scores = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)  # the score-0 non-frame, index n
+    best, weights = top_k_weights(scores, top_k, temperature)
+    best = best.clamp(max=n - 1)  # the non-frame gets weight 0 (it ties with the (k+1)-th), or all tie at 0
+    picked = frames.reshape(b, n, d, d).gather(1, best[:, :, None, None].expand(b, top_k, d, d))
+    return picked, weights.detach()
+
+
+def noisy_frames(vectors: torch.Tensor, noise: torch.Tensor, *, special: bool, temperature: float = 1.0,
+                 eps: float = 1e-6, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames of equivariant vectors moved by isotropic Gaussian noise: ``k`` draws from an equivariant distribution.
+
+    ``F_j = gram_schmidt(V_s + τ · r · E_j)`` with ``V_s`` the first ``s`` columns of ``vectors`` (``s = d - 1``
+    when ``special``, else ``d``), ``r`` the RMS length of those columns (invariant, detached) and ``E_j`` the
+    ``(d, s)`` slices of ``noise``, i.i.d. standard normal. The normal law is invariant under orthogonal maps,
+    so ``Q V + τ r E =_d Q (V + τ r E)`` and ``F(Q·x) =_d Q F(x)``: equivariant in distribution, and exactly
+    equivariant when the noise is moved too (``noise → Q noise``). The frames are differentiable in
+    ``vectors`` (reparameterization: pathwise gradients, Kim et al., NeurIPS 2023). ``τ → 0`` gives the
+    noise-free Gram–Schmidt pose.
+
+    Args:
+        vectors: ``(B, d, m)`` equivariant vectors as columns, ``m ≥ s``.
+        noise: ``(B, k, d, s)`` standard normal draws, ``k`` per sample.
+        special, eps, scale: as for :func:`gram_schmidt` (``scale (B,)``).
+        temperature: ``τ ≥ 0``, the noise's standard deviation relative to ``r``.
+
+    Returns:
+        ``(B, k, d, d)`` orthogonal frames (``det = +1`` when ``special``).
+    """
+    size = _frame_size(vectors, special)
+    b, d = vectors.shape[:2]
+    if noise.ndim != 4 or noise.shape[0] != b or noise.shape[2:] != (d, size):
+        raise ShapeError(f"noise: expected shape ({b}, k, {d}, {size}), k draws of {size} vectors per sample, "
+                         f"got {tuple(noise.shape)}")
+    k = noise.shape[1]
+    base = vectors[:, :, :size]
+    rms = base.detach().square().sum(dim=1).mean(dim=-1).sqrt()  # (B,)
+    moved = base[:, None] + (temperature * rms)[:, None, None, None] * noise.to(base)
+    frames = gram_schmidt(moved.reshape(b * k, d, size), special=special, eps=eps,
+                          scale=None if scale is None else scale.repeat_interleave(k))
+    return frames.reshape(b, k, d, d)

@@ -22,7 +22,9 @@ from .functional import (
     matrix_prior,
     nearest_element,
     regular_to_matrix,
+    sample_categorical,
     top_gap,
+    top_k_weights,
 )
 
 __all__ = ["GroupConv", "center_crop_resize", "resize_square"]
@@ -212,19 +214,87 @@ class GroupConv(Canonicalizer):
 
     def _refined(self, x: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> Canonicalization:
         """Coarse pose ``h_k = argmax ℓ``, residual turn ``δ`` read from the coarse canonical view: ``h_k R(δ)``."""
+        coarse = logits.detach().argmax(dim=1)
+        pose, delta = self._refine(view, coarse)
+        canonical = self.action(self.group.inverse(pose.to(x.dtype)), x)  # one interpolation of the full input
+        return Canonicalization(canonical, pose.to(x.dtype), self.group, logits=None,
+                                extras={"coarse_logits": logits, "coarse": coarse, "residual": delta},
+                                margin=top_gap(logits))
+
+    def _refine(self, view: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Poses ``h R(δ)`` ``(N, 2, 2)`` and residual turns ``δ (N,)`` for coarse elements ``h (N,)`` of the
+        views ``(N, C, h, w)``: ``δ`` is read from ``h⁻¹·view``."""
         assert self.residual is not None
         net_group = self.net_group
-        coarse = logits.detach().argmax(dim=1)
         if view.shape[-1] == view.shape[-2]:  # quarter turns by exact index moves
             upright = self._coarse_action(net_group.inverse(coarse), view)
         else:  # a quarter turn does not map a rectangle onto itself: interpolate (only half turns and flips occur)
             upright = self.action(net_group.matrix(net_group.inverse(coarse), dtype=view.dtype), view)
         delta = self.max_residual * torch.tanh(self.residual(upright)[:, 0])
-        pose = net_group.matrix(coarse, dtype=x.dtype) @ SO2().from_angle(delta).to(x.dtype)
-        canonical = self.action(self.group.inverse(pose), x)  # one interpolation of the full input
-        return Canonicalization(canonical, pose, self.group, logits=None,
-                                extras={"coarse_logits": logits, "coarse": coarse, "residual": delta},
-                                margin=top_gap(logits))
+        pose = net_group.matrix(coarse, dtype=view.dtype) @ SO2().from_angle(delta).to(view.dtype)
+        return pose, delta
+
+    def _refine_at(self, x: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Refined poses ``(B, k, 2, 2)`` of images ``x (B, C, H, W)`` at coarse elements ``(B, k)``: each of the
+        ``k`` coarse canonical views goes through the residual network (one batch of ``B·k``)."""
+        b, k = coarse.shape
+        view = center_crop_resize(x, self.crop, self.resize)
+        pose, _ = self._refine(view.repeat_interleave(k, dim=0), coarse.reshape(-1))
+        return pose.to(x.dtype).reshape(b, k, 2, 2)
+
+    # --- several poses per input (WeightedCanonicalized, Symmetrized): refined SO2()/O2() poses at the coarse
+    # network's best or drawn elements, each refined as the single pose is ---------------------------------------
+
+    @property
+    def candidate_count(self) -> int | None:
+        """``|G|`` for ``C(n)``/``D(n)``; with ``refine``, the coarse network's ``|C(rotations)|`` (or ``D``)
+        elements, each refined; ``None`` for unrefined ``SO2()``/``O2()`` poses."""
+        return self.net_group.order if self.residual is not None else super().candidate_count
+
+    @property
+    def samples_poses(self) -> bool:
+        """Finite groups and refined ``SO2()``/``O2()`` (draws of the coarse element, each refined)."""
+        return self.residual is not None or super().samples_poses
+
+    def weighted_poses(self, x: torch.Tensor, result: Canonicalization, top_k: int, temperature: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`Canonicalizer.weighted_poses`; with ``refine``, the ``top_k`` coarse elements of largest
+        logit (:func:`~equicanon.canonicalizers.functional.top_k_weights` of the coarse logits), each refined:
+        rotation matrices ``(B, k, 2, 2)``. Equivariant as the refined pose is (exactly for quarter turns and
+        flips, to interpolation error otherwise)."""
+        if self.residual is None:
+            return super().weighted_poses(x, result, top_k, temperature)
+        elements, weights = top_k_weights(self._coarse_logits(result, x), top_k, temperature)
+        return self._refine_at(x, elements), weights
+
+    def sampled_poses(self, x: torch.Tensor, result: Canonicalization, samples: int, temperature: float = 1.0,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`Canonicalizer.sampled_poses`; with ``refine``, coarse elements drawn from
+        ``softmax(ℓ/τ)`` of the coarse logits, each refined: ``(poses (B, k, 2, 2), log p (B, k))`` (the coarse
+        draw has score-function gradients, the residual turn pathwise ones)."""
+        if self.residual is None:
+            return super().sampled_poses(x, result, samples, temperature, generator)
+        logits = self._coarse_logits(result, x)
+        drawn = sample_categorical(logits, samples, temperature, generator)
+        log_p = torch.log_softmax(logits / temperature, dim=-1).gather(1, drawn)
+        return self._refine_at(x, drawn), log_p
+
+    def pose_distribution(self, x: torch.Tensor, result: Canonicalization, temperature: float = 1.0
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`Canonicalizer.pose_distribution`; with ``refine``, every coarse element refined, with
+        ``softmax(ℓ/τ)`` of the coarse logits."""
+        if self.residual is None:
+            return super().pose_distribution(x, result, temperature)
+        logits = self._coarse_logits(result, x)
+        elements, probabilities = top_k_weights(logits, logits.shape[1], temperature)
+        return self._refine_at(x, elements), probabilities
+
+    def _coarse_logits(self, result: Canonicalization, x: torch.Tensor) -> torch.Tensor:
+        logits = result.extras.get("coarse_logits")
+        if logits is None or logits.shape != (x.shape[0], self.net_group.order):
+            raise ShapeError(f"expected the refined result of this GroupConv for {x.shape[0]} images, with coarse "
+                             f"logits ({x.shape[0]}, {self.net_group.order}) in result.extras['coarse_logits']")
+        return logits
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """The prior, averaged over the batch: cross-entropy to the identity (discrete groups); for SO2/O2 with
