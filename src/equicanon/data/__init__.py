@@ -10,6 +10,7 @@
 
 from .mnist import FASHION_MNIST_CLASSES, CorruptDataError, DataNotFoundError, load_fashion_mnist
 from .mnist_digits import load_mnist
+from .molecules import QM9Molecules, load_qm9
 from .nbody import (
     ChargedTrajectories,
     charged_energy,
@@ -30,4 +31,4 @@ __all__ = ["FASHION_MNIST_CLASSES", "CorruptDataError", "DataNotFoundError", "lo
            "encode_digits", "decode_digits", "make_nbody", "simulate_charged", "integrate_charged", "coulomb_forces",
            "charged_energy", "nbody_baselines", "ChargedTrajectories", "load_photos", "disk_mask", "random_crops",
            "ColorJitter", "SEGMENTATION_CLASSES", "load_fashion_mnist_segmentation", "pad_images", "segmentation_labels",
-           "rotation_group"]
+           "rotation_group", "load_qm9", "QM9Molecules"]

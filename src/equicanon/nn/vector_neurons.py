@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ShapeError, check_positive_int
+from ..errors import ShapeError, check_number, check_positive_int
 
 __all__ = ["knn", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
 
@@ -60,18 +60,34 @@ class VNLinear(nn.Module):
 
 class VNLeakyReLU(nn.Module):
     """Vector leaky ReLU: a learned direction ``k = U V`` per channel; the part of each vector
-    pointing against ``k`` is removed (scaled by ``negative_slope``). ``eps`` guards ``|k| = 0``."""
+    pointing against ``k`` is removed (scaled by ``negative_slope``):
 
-    def __init__(self, channels: int, negative_slope: float = 0.2, eps: float = 1e-6) -> None:
+        v' = v − (1 − negative_slope) · [v·k < 0] · (v·k) k / (|k|² + smoothing² |v|² + eps)
+
+    ``smoothing`` keeps the gate away from a hard switch. With ``smoothing = 0`` the removed part is the
+    projection of Deng et al. (2021), which is continuous where ``v·k`` changes sign, except when ``k`` and
+    ``v`` are parallel (one vector per point, e.g. particles at rest): there ``v·k`` can only change sign
+    with ``k`` passing through 0, where the output jumps from ``v`` to ``negative_slope · v``. With
+    ``smoothing = s > 0`` that jump becomes a ramp over ``|k| ≲ s |v|``, so the layer is Lipschitz in
+    ``v`` and ``k`` (relative to ``|v|``, about ``1/s``); where ``|k| ≫ s |v|`` it is the projection as
+    before. Both terms scale with the input, so ``f(c V) = c f(V)`` for ``c > 0`` (``eps`` guards
+    ``v = k = 0``).
+    """
+
+    def __init__(self, channels: int, negative_slope: float = 0.2, eps: float = 1e-6, smoothing: float = 0.0) -> None:
         super().__init__()
         self.direction = VNLinear(channels, channels)
         self.negative_slope = float(negative_slope)
         self.eps = eps
+        self.smoothing = check_number(smoothing, "smoothing", minimum=0.0)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         k = self.direction(v)
         dot = (v * k).sum(-1, keepdim=True)
-        projected = v - dot / ((k * k).sum(-1, keepdim=True) + self.eps) * k
+        denominator = (k * k).sum(-1, keepdim=True) + self.eps
+        if self.smoothing > 0:
+            denominator = denominator + self.smoothing**2 * (v * v).sum(-1, keepdim=True)
+        projected = v - dot / denominator * k
         relu = torch.where(dot >= 0, v, projected)
         return self.negative_slope * v + (1 - self.negative_slope) * relu
 
@@ -119,15 +135,15 @@ class VNEdgeConv(nn.Module):
     For each point ``i`` and neighbour ``j`` the vector channels are ``x_j − x_i`` and ``x_i``
     (and ``x_i × x_j`` when ``cross``; the cross product is a pseudo-vector, so it is only
     equivariant to rotations — use ``cross=False`` for O(3)). A VN linear layer and leaky
-    ReLU follow, then the mean over neighbours.
+    ReLU (``smoothing`` as in :class:`VNLeakyReLU`) follow, then the mean over neighbours.
     """
 
-    def __init__(self, out_channels: int, k: int = 16, cross: bool = False) -> None:
+    def __init__(self, out_channels: int, k: int = 16, cross: bool = False, smoothing: float = 0.0) -> None:
         super().__init__()
         self.k = check_positive_int(k, "k")
         self.cross = bool(cross)
         self.linear = VNLinear(3 if cross else 2, out_channels)
-        self.act = VNLeakyReLU(out_channels)
+        self.act = VNLeakyReLU(out_channels, smoothing=smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != 3:
