@@ -339,12 +339,10 @@ def test_the_callers_tensors_are_not_modified(mode):
     assert torch.equal(x, before) and torch.equal(logits, logits_before)
 
 
-def test_unrefined_continuous_poses_and_permutation_poses_are_refused():
+def test_unrefined_continuous_poses_are_refused():
     for group in (ec.SO2(), ec.O2()):
         with pytest.raises(ConfigError, match=r"does not sample poses.*refine.*Canonicalized"):
             ec.Symmetrized(_classifier(), GroupConv(group, 3, hidden=4, refine=False), samples=2)
-    with pytest.raises(ConfigError, match=r"S\(n\) poses are sorting permutations.*use Canonicalized"):
-        ec.Symmetrized(nn.Flatten(), ec.canonicalizers.Sort(ec.S(5), 2), samples=2)
 
 
 BAD_OPTIONS = [("samples", v) for v in (0, -1, 1.5, True, None)] + [

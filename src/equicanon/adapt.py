@@ -334,7 +334,8 @@ class Symmetrized(Canonicalized):
             results carry ``logits (B, |G|)`` (:class:`~equicanon.canonicalizers.GroupConv` on ``C(n)`` / ``D(n)``,
             :class:`~equicanon.canonicalizers.Contrastive`; only its noise-free logits are used: a
             canonicalizer's Gumbel noise changes only its own ``pose``); refined ``GroupConv`` on ``SO2()`` /
-            ``O2()``; ``VectorNeurons``, ``ParticleVectorNeurons``.
+            ``O2()``; ``VectorNeurons``, ``ParticleVectorNeurons``; ``Sort`` on ``S(n)`` (Plackett–Luce
+            permutations: Gumbel-perturbed sorts of its scores, with score-function gradients; no :meth:`expected`).
         output: how poses act on predictions, as for :class:`Canonicalized` (default
             :class:`~equicanon.actions.Trivial`); for ``samples ≥ 2`` predictions must be floating (they are
             averaged). With ``samples = 1`` integer predictions (labels) come back as drawn, without gradients.
@@ -348,7 +349,7 @@ class Symmetrized(Canonicalized):
             call; pass a per-call ``generator=`` to :meth:`forward` to share one model between threads.
 
     Raises:
-        ConfigError: a canonicalizer that samples no poses (``S(n)``, unrefined ``SO2()`` / ``O2()``),
+        ConfigError: a canonicalizer that samples no poses (unrefined ``SO2()`` / ``O2()``),
             ``samples < 1``, ``temperature ≤ 0``,
             ``elements_per_call < 1``, a ``generator`` that is not a ``torch.Generator``; in a call, a
             canonicalizer result without logits.
@@ -457,8 +458,8 @@ class Symmetrized(Canonicalized):
         (the gradient the sampled estimate's surrogate estimates)."""
         if self.order is None:
             raise ConfigError(f"{type(self.canonicalizer).__name__} draws {self.group} poses from a continuous "
-                              "distribution, which has no finite expectation to sum: average forward over many "
-                              "samples (e.g. samples=64) instead")
+                              "distribution (or, for S(n), one over n! permutations), which has no expectation to "
+                              "sum here: average forward over many samples (e.g. samples=64) instead")
         poses, weights = self.canonicalizer.pose_distribution(x, self.canonicalizer(x), self.temperature)
         return _weighted_sum(self, x, poses, weights, self.elements_per_call, "use forward with samples=1")
 

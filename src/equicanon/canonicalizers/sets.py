@@ -75,6 +75,46 @@ class Sort(Canonicalizer):
         return Canonicalization(canonical, pose, self.group, logits=None, extras={"scores": scores},
                                 margin=sorted_gap(scores))
 
+    # --- sampled poses (Symmetrized): Gumbel-perturbed sorts, i.e. Plackett–Luce permutations -----------------
+
+    @property
+    def samples_poses(self) -> bool:
+        """Always: sorts of the scores perturbed by Gumbel noise (:meth:`sampled_poses`)."""
+        return True
+
+    def sampled_poses(self, x: torch.Tensor, result: Canonicalization, samples: int, temperature: float = 1.0,
+                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``samples`` permutations per set from the Plackett–Luce distribution of the scores: ``(poses (B, k, n),
+        log p (B, k))``.
+
+        ``π = argsort(s/τ − G)`` with ``G`` i.i.d. standard Gumbel noise per element (the Gumbel-max trick for
+        sequential sampling without replacement): the element of smallest ``s/τ − G`` comes first, and
+        ``p(π|x) = Π_j exp(−s_{π_j}/τ) / Σ_{i ≥ j} exp(−s_{π_i}/τ)``. The noise is exchangeable, so permuting the
+        set permutes the draws: ``π(g·x) =_d g ∘ π(x)``, equivariant in distribution (exactly, when ``noise``
+        ``(B, k, n)`` is permuted with the set). ``τ → 0`` gives the hard sort, ``τ = math.inf`` uniform
+        permutations. The draws are discrete: ``log p`` (differentiable in the scores) is for the caller's
+        score-function gradient.
+        """
+        scores = result.extras.get("scores")
+        if scores is None or scores.shape != (x.shape[0], cast(S, self.group).n):
+            raise ShapeError(f"expected this Sort's result for {x.shape[0]} sets, with its scores "
+                             f"({x.shape[0]}, {cast(S, self.group).n}) in result.extras['scores']")
+        b, n = scores.shape
+        if noise is None:
+            device = generator.device if generator is not None else scores.device
+            u = torch.rand(b, samples, n, generator=generator, dtype=torch.float64, device=device)
+            noise = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
+        elif tuple(noise.shape) != (b, samples, n):
+            raise ShapeError(f"noise: expected shape ({b}, {samples}, {n}), got {tuple(noise.shape)}")
+        noise = noise.to(device=scores.device, dtype=torch.float64)
+        keys = scores.detach().double()[:, None] / temperature - noise if temperature != float("inf") else -noise
+        poses = keys.argsort(dim=-1, stable=True)  # (B, k, n)
+        utility = (-scores / temperature if temperature != float("inf") else torch.zeros_like(scores))
+        ordered = utility[:, None].expand(b, samples, n).gather(2, poses)  # u_{π_1}, ..., u_{π_n}
+        tails = torch.logcumsumexp(ordered.flip(-1), dim=-1).flip(-1)  # log Σ_{i ≥ j} exp(u_{π_i})
+        return poses, (ordered - tails).sum(dim=-1)
+
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """Sets have no prior: no permutation of a set is more "upright" than another."""
         raise ConfigError(
