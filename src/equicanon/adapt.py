@@ -160,6 +160,17 @@ def _broadcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weights.T.to(like.dtype).reshape(*weights.T.shape, *([1] * (like.ndim - 2)))
 
 
+def _summed(model: Canonicalized | GroupAveraged, action: Action, x: torch.Tensor, poses: torch.Tensor,
+            elements_per_call: int | None, otherwise: str | None) -> torch.Tensor:
+    """``Σ_j g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)``: ``(B, *)``, unweighted (see :func:`_pose_predictions`)."""
+    total: torch.Tensor | None = None
+    for _, mapped in _pose_predictions(model, action, x, poses, elements_per_call, otherwise):
+        part = mapped.sum(dim=0)
+        total = part if total is None else total + part
+    assert total is not None  # k >= 1
+    return total
+
+
 def _weighted_sum(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, weights: torch.Tensor,
                   elements_per_call: int | None, otherwise: str) -> torch.Tensor:
     """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` and weights ``(B, k)``: ``(B, *)``."""
@@ -427,11 +438,8 @@ class Symmetrized(Canonicalized):
         poses, log_p = self.canonicalizer.sampled_poses(x, result, self.samples, self.temperature, gen)
         k = self.samples
         if log_p is None:  # reparameterized draws: the poses carry pathwise gradients, the mean is the estimate
-            total = None
-            for _, mapped in _pose_predictions(self, self.canonicalizer.action, x, poses, self.elements_per_call,
-                                               "use samples=1" if k > 1 else None):
-                total = mapped.sum(dim=0) if total is None else total + mapped.sum(dim=0)
-            assert total is not None  # k >= 1
+            total = _summed(self, self.canonicalizer.action, x, poses, self.elements_per_call,
+                            "use samples=1" if k > 1 else None)
             out = total if k == 1 else total / k
             return (out, result) if return_canonicalization else out
         score = log_p / k
@@ -509,12 +517,7 @@ class GroupAveraged(nn.Module):
         """Average of the predictor over all transformed copies of ``x: (B, *)``."""
         n = self.group.order
         every = torch.arange(n, device=x.device).expand(x.shape[0], n)  # element-major copies, as for k poses
-        total: torch.Tensor | None = None
-        for _, mapped in _pose_predictions(self, self.input, x, every, self.elements_per_call, None):
-            part = mapped.sum(0)
-            total = part if total is None else total + part
-        assert total is not None
-        return total / n
+        return _summed(self, self.input, x, every, self.elements_per_call, None) / n
 
 
 def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:

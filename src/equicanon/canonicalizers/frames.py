@@ -13,16 +13,18 @@ and :class:`~equicanon.Symmetrized` take them:
 
 from __future__ import annotations
 
-import math
 from math import comb
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from ..errors import ConfigError, ShapeError
 from ..groups import RigidGroup
 from .base import Canonicalization, Canonicalizer
-from .functional import noisy_frames, weighted_frames
+from .functional import gram_schmidt, noisy_frames, weighted_frames
+
+if TYPE_CHECKING:
+    from .points import _FrameHead
 
 __all__ = ["VectorFrames"]
 
@@ -38,20 +40,20 @@ class VectorFrames(Canonicalizer):
     pose's dtype. For groups with translations (SE3, E3) every frame gets the translation of the hard pose.
     """
 
-    head: torch.nn.Module  # with int ``vectors``, bool ``special``, float ``eps``: the vector-neuron frame head
+    head: _FrameHead
 
     @property
     def frame_vectors(self) -> int:
         """``m``, the equivariant vectors of the head."""
-        return int(cast(int, self.head.vectors))
+        return self.head.vectors
 
     @property
     def frame_special(self) -> bool:
         """Whether frames are rotations (``d - 1`` vectors and their completion) rather than any orthogonal map."""
-        return bool(self.head.special)
+        return self.head.special
 
     def _frame_eps(self, vectors: torch.Tensor) -> float:
-        return max(float(cast(float, self.head.eps)), math.sqrt(torch.finfo(vectors.dtype).eps))
+        return self.head.threshold(vectors.dtype)
 
     @property
     def frame_size(self) -> int:
@@ -139,7 +141,5 @@ def _as_double(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def _gram_schmidt_of_noise(noise: torch.Tensor, special: bool, eps: float) -> torch.Tensor:
     """Frames ``(B, k, d, d)`` of standard normal draws ``(B, k, d, s)`` alone: Haar-distributed."""
-    from .functional import gram_schmidt
-
     b, k, d, s = noise.shape
     return gram_schmidt(noise.reshape(b * k, d, s), special=special, eps=eps).reshape(b, k, d, d)

@@ -99,6 +99,11 @@ class _FrameHead(nn.Module):
         self.vectors = _check_vectors(vectors, special)
         self.out = VNLinear(channels, self.vectors)
 
+    def threshold(self, dtype: torch.dtype) -> float:
+        """Gram–Schmidt's relative degeneracy threshold for vectors computed in ``dtype``: ``eps``, at least the
+        square root of ``dtype``'s machine epsilon (the frames themselves are orthonormalised in float64)."""
+        return max(self.eps, math.sqrt(torch.finfo(dtype).eps))
+
     def forward(self, features: torch.Tensor, pool: nn.Module
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(pose (B, 3, 3) float64, vectors (B, 3, m), margin (B,) float64, scale (B,))``, ``m = self.vectors``;
@@ -113,7 +118,7 @@ class _FrameHead(nn.Module):
             scale = (sizes @ self.out.weight.abs().t().to(sizes)).amax(dim=-1)
         # Orthonormalised in float64 (B x 3 x 3: cheap), with the threshold of the network's dtype: its rounding
         # noise still counts as degenerate, but Gram–Schmidt adds no rounding error of its own.
-        eps = max(self.eps, math.sqrt(torch.finfo(vectors.dtype).eps))
+        eps = self.threshold(vectors.dtype)
         pose, margin = gram_schmidt_with_margin(vectors[..., :_minimum_vectors(self.special)].double(),
                                                 special=self.special, eps=eps, scale=scale.double())
         return pose, vectors, margin, scale
