@@ -8,7 +8,9 @@ Two measurements (issue 17, item 5):
    float32 once, as a user's data would be. The error of a molecule is ``max_i |x̄(g·x)_i − x̄(x)_i|`` over its
    atoms (positions only), divided by its RMS radius about the centroid. The table gives the median, 99th and
    99.9th percentiles, the maximum and the share above 1e-4, over all molecules and over those without a
-   rotational symmetry, and the share above 1e-4 of the same model in float64. ``VectorNeurons(SO3()/O3())``
+   rotational symmetry; the same shares for the same weights in float64 given the same float32 inputs (a
+   float64 canonicalizer for float32 data, ``canonicalizer.double()``); and the share above 1e-4 with float64
+   inputs too (``g·x`` not rounded: the network's own conditioning). ``VectorNeurons(SO3()/O3())``
    see the positions ``(B, N, 3)`` (rotations about the origin, the files' coordinates), ``ParticleVectorNeurons
    (SE3()/E3())`` the particles ``(B, N, 7)``: positions, zero velocities, the atomic number.
 
@@ -139,7 +141,8 @@ def symmetry_deviation(positions: torch.Tensor, numbers: torch.Tensor) -> torch.
 # --------------------------------------------------------------------------------------------- measurements
 
 def _canonical(canon: nn.Module, x: torch.Tensor, dtype: torch.dtype, batch: int) -> torch.Tensor:
-    """Canonical positions ``(M, N, 3)`` (float64) of ``x`` cast to ``dtype``, ``batch`` at a time."""
+    """Canonical positions ``(M, N, 3)`` (float64) of ``x`` cast to ``dtype``, ``batch`` at a time (in the network's
+    own dtype, which may be more precise)."""
     with torch.no_grad():
         return torch.cat([canon(x[i:i + batch].to(dtype)).canonical[..., :3].to(_F64)
                           for i in range(0, len(x), batch)])
@@ -160,9 +163,10 @@ def summary(errors: torch.Tensor) -> dict[str, float]:
 
 
 def canonical_errors(canon: nn.Module, x: torch.Tensor, moved: torch.Tensor, radius: torch.Tensor, dtype: torch.dtype,
-                     batch: int) -> torch.Tensor:
-    """``max_i |x̄(g·x)_i − x̄(x)_i| / radius`` per sample, both canonicalized in ``dtype``."""
-    canon = canon.to(dtype)
+                     batch: int, network: torch.dtype | None = None) -> torch.Tensor:
+    """``max_i |x̄(g·x)_i − x̄(x)_i| / radius`` per sample, both given in ``dtype`` to the canonicalizer in
+    ``network`` (default: ``dtype``)."""
+    canon = canon.to(dtype if network is None else network)
     error = (_canonical(canon, moved, dtype, batch) - _canonical(canon, x, dtype, batch)).norm(dim=-1).amax(dim=1)
     return error / radius
 
@@ -171,11 +175,16 @@ def _fmt(v: float) -> str:
     return f"{v:.1e}"
 
 
-def _row(name: str, case: str, all_: dict[str, float], asym: dict[str, float], f64: dict[str, float]) -> str:
+def _share(d: dict[str, float]) -> str:
+    return f"{d.get('share_above_1e-4', math.nan):.2f}%"
+
+
+def _row(name: str, case: str, all_: dict[str, float], asym: dict[str, float], f64: dict[str, float],
+         mixed: dict[str, float], mixed_asym: dict[str, float]) -> str:
     keys = ("median", "p99", "p99.9", "max")
     return (f"| {name} | {case} | " + " | ".join(_fmt(all_[k]) for k in keys)
-            + f" | {all_['share_above_1e-4']:.2f}% | {asym.get('share_above_1e-4', math.nan):.2f}% | "
-            + f"{f64['share_above_1e-4']:.2f}% |")
+            + f" | {_share(all_)} | {_share(asym)} | {_share(mixed)} | {_share(mixed_asym)} | "
+            + f"{_fmt(mixed.get('median', math.nan))} | {_share(f64)} |")
 
 
 def _particles(s: Settings, group: ec.groups.Group) -> nn.Module:
@@ -216,9 +225,13 @@ def conditioning(s: Settings, data: dict[str, torch.Tensor], asymmetric: torch.T
         for case, moved in cases:
             e32 = canonical_errors(canon, x, moved, radius, torch.float32, s.batch)
             e64 = canonical_errors(canon, x, moved, radius, _F64, s.batch)
+            mixed = canonical_errors(canon, x, moved, radius, torch.float32, s.batch, network=_F64)
             all_, asym, f64 = summary(e32), summary(e32[asymmetric]), summary(e64)
-            results[f"{what}: {name}: {case}"] = {"float32": all_, "float32_asymmetric": asym, "float64": f64}
-            print(_row(name, case, all_, asym, f64), flush=True)
+            results[f"{what}: {name}: {case}"] = {
+                "float32": all_, "float32_asymmetric": asym, "float64": f64,
+                "float32_data_float64_network": summary(mixed),
+                "float32_data_float64_network_asymmetric": summary(mixed[asymmetric])}
+            print(_row(name, case, all_, asym, f64, summary(mixed), summary(mixed[asymmetric])), flush=True)
 
 
 class PrincipalAxes(nn.Module):
@@ -310,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, object] = {"settings": asdict(s), "molecules": len(pos),
                                   "with_rotational_symmetry": int((~asymmetric).sum())}
     header = ("| canonicalizer | move | median | p99 | p99.9 | max | float32 > 1e-4 | same, no rot. symmetry | "
-              "float64 > 1e-4 |\n|---|---|---|---|---|---|---|---|---|")
+              "float64 network > 1e-4 | same, no rot. symmetry | its median | float64 data > 1e-4 |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\nfloat32 canonical-form error / RMS radius, QM9 molecules, random initialisation\n\n" + header)
     conditioning(s, mols, asymmetric, "qm9", results)
     if s.clouds > 0:

@@ -93,7 +93,7 @@ class Canonicalized(nn.Module):
 
     def _predict(self, canonical: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """``pose ⋆ predictor(canonical)``: predictions on canonical inputs ``(N, *)``, moved back by their poses ``(N,)``."""
-        return self.output(pose, self.predictor(canonical))
+        return self.output(pose, call_with_typed_errors(self.predictor, self.predictor, canonical))
 
 
 def _candidates(model: Canonicalized, top_k: bool) -> int | None:
@@ -147,7 +147,7 @@ def _pose_predictions(model: Canonicalized | GroupAveraged, action: Action, x: t
         chunk = poses[:, columns].transpose(0, 1).reshape(m * b, *poses.shape[2:])
         copies = x.repeat(m, *([1] * (x.ndim - 1)))
         canonical = explained(action, group, group.inverse(chunk), copies, x)
-        mapped = model.output(chunk, model.predictor(canonical))
+        mapped = model.output(chunk, call_with_typed_errors(model.predictor, model.predictor, canonical))
         if otherwise is not None and not mapped.is_floating_point():
             raise DTypeError(f"{type(model).__name__} averages predictions, but the predictor (through "
                              f"{model.output!r}) gave dtype {mapped.dtype}; predict floating scores (e.g. logits "

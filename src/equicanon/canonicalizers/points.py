@@ -73,6 +73,14 @@ def _rms_norm(v: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, rms, torch.ones_like(rms))
 
 
+def _network_dtype(x: torch.Tensor, network: nn.Module) -> torch.dtype:
+    """The dtype the network computes ``x`` in: its parameters' dtype where that is more precise than ``x``'s
+    (float32 points into a float64 canonicalizer, for conditioning), else ``x``'s own (a less precise network
+    then fails with a ``DTypeError``, as every module does)."""
+    dtype = next(network.parameters()).dtype
+    return dtype if torch.finfo(x.dtype).eps > torch.finfo(dtype).eps else x.dtype
+
+
 def _minimum_vectors(special: bool) -> int:
     return 2 if special else 3
 
@@ -132,8 +140,13 @@ class VectorNeurons(VectorFrames):
     sign, so reflections are poses too) that rotate with the input. The pose ``R`` is equivariant,
     ``R(x Qᵀ) = Q R(x)``, and invariant to the order of the points; the canonical form is ``Rᵀ x_i`` for every
     point, in the input's order. Gram–Schmidt and the canonical form are computed in float64 and returned in
-    the input's dtype, so a float32 network adds only its own rounding error. The cloud is not centred: SO(3)
-    turns it about the origin, and where the cloud sits relative to the origin is part of its pose.
+    the input's dtype, so a float32 network adds only its own rounding error. The network computes in its
+    parameters' dtype where that is more precise than the input's: ``VectorNeurons(SO3()).double()`` takes
+    float32 points and returns float32 results computed in float64, for float32 data whose poses must be
+    well-conditioned (docs/points.md: half as many QM9 molecules off by 1e-4 of their radius, at about 1.8x the
+    canonicalizer's cost on a CPU); an input more precise than the network is a ``DTypeError``. The cloud is
+    not centred: SO(3) turns it about the origin, and where the cloud sits relative to the origin is part of
+    its pose.
 
     Args:
         group: ``SO3()`` or ``O3()``, or its name (``"SO3"``, ``"O3"``).
@@ -178,7 +191,7 @@ class VectorNeurons(VectorFrames):
         ``extras["vectors"] (B, 3, vectors)``."""
         check_shape(x, "B N 3", name="points")
         check_floating(x, "points")
-        pose, vectors, margin, scale = self.head(self.trunk(self.edge(x)), self.pool)
+        pose, vectors, margin, scale = self.head(self.trunk(self.edge(x.to(_network_dtype(x, self.head)))), self.pool)
         canonical = (x.double() @ pose).to(x.dtype)  # row i: (R^T x_i)^T
         return Canonicalization(canonical, pose.to(x.dtype), self.group, extras={"vectors": vectors, "scale": scale},
                                 margin=margin.to(x.dtype))
@@ -198,7 +211,8 @@ class ParticleVectorNeurons(VectorFrames):
     invariant feature (so charges steer the frame without breaking equivariance). Every VN block also sees
     the mean of its input over the particles (the global feature of VN-PointNet), so the channels of a
     particle at rest are not all parallel to its position. The canonical form (computed in float64, returned
-    in the input's dtype) has positions ``Rᵀ(p − t)``, velocities ``Rᵀ v`` and the features unchanged.
+    in the input's dtype) has positions ``Rᵀ(p − t)``, velocities ``Rᵀ v`` and the features unchanged. As in
+    :class:`VectorNeurons`, a float64 canonicalizer (``.double()``) takes float32 particles.
 
     Args:
         group: ``SE3()`` (rotations + translations) or ``E3()`` (also reflections), or its name.
@@ -240,8 +254,9 @@ class ParticleVectorNeurons(VectorFrames):
         rel = pos - centroid[:, None, :]
         r = rel / _rms_norm(rel)
         v = vel / _rms_norm(vel)
-        base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(x.dtype)  # (B, N, 3, 3)
-        scaled = [base * feat[..., i, None, None] for i in range(self.features)]
+        dtype = _network_dtype(x, self.head)
+        base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(dtype)  # (B, N, 3, 3)
+        scaled = [base * feat[..., i, None, None].to(dtype) for i in range(self.features)]
         vectors_in = torch.cat([base, *scaled], dim=-2)  # (B, N, 3(1 + k), 3)
         rotation, vectors, margin, scale = self.head(self.trunk(vectors_in), self.pool)
         canonical = torch.cat([(rel @ rotation).to(x.dtype), (vel @ rotation).to(x.dtype), feat], dim=-1)
