@@ -27,6 +27,7 @@ from .actions import Action
 from .adapt import Canonicalized
 from .canonicalizers import create
 from .canonicalizers.base import Canonicalizer
+from .canonicalizers.testtime import TestTime
 from .errors import ConfigError, check_number
 from .groups import Group, as_group
 from .training.step import Data, TaskLoss, device_of, fit
@@ -38,7 +39,8 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
                         transform: str | None = "auto",
                         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                         lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
-                        callback: Callable[[int, dict[str, float]], None] | None = None) -> Canonicalized:
+                        callback: Callable[[int, dict[str, float]], None] | None = None,
+                        prior: str | Canonicalizer = "identity", reference: object = None) -> Canonicalized:
     """Train ``model``'s canonicalizer with the prior (and, with ``finetune``, its predictor too), in place.
 
     :func:`equicanon.training.fit` with Adam over two parameter groups: every step takes a batch of
@@ -75,6 +77,16 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
         batch_size: inputs per step when ``data`` is a tensor.
         seed: seeds the batches, the group elements and ``augment``'s generator.
         callback: called as ``callback(step, {"loss": ..., "prior": ..., "task": ...})`` after every step.
+        prior: ``"identity"`` (default; Mondal et al.): upright data's pose is the identity, so ``data`` must be
+            upright. ``"model"``: the model-driven prior, which distils test-time canonicalization: every
+            batch's target is ``softmax(−energy(g⁻¹·x) / τ)`` over the group, the frozen predictor's typicality
+            of each turned copy (:class:`~equicanon.canonicalizers.TestTime` of ``model.predictor``, fitted to
+            ``reference``), and the prior is the cross-entropy (KL divergence) to it; ``data`` may be in any
+            orientation, and afterwards a pose costs one pass of the canonicalizer again. Or a teacher
+            canonicalizer of the group (a ``TestTime`` built as you like, or any canonicalizer with logits).
+            Finite groups (``C(n)``, ``D(n)``) only.
+        reference: with ``prior="model"``: unlabelled upright inputs (a tensor or an iterable of batches) for the
+            teacher's typicality; a few hundred suffice.
 
     Returns:
         ``model``, in eval mode.
@@ -88,6 +100,13 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
     if not finetune and prior_weight == 0 and contrastive_weight == 0:
         raise ConfigError("prior_weight and contrastive_weight are 0 and finetune is off: nothing to train")
     canon, predictor = model.canonicalizer, model.predictor
+    if not canon.trainable:
+        raise ConfigError(f"{type(canon).__name__} has nothing to train (its poses come from a frozen model); use it "
+                          "as it is, or distil it into a cheap canonicalizer: train_canonicalizer(Canonicalized(model, "
+                          "GroupConv(...)), data, steps, prior=<this canonicalizer>)")
+    teacher = _teacher(prior, reference, model)
+    if teacher is not None and prior_weight == 0:
+        raise ConfigError("prior_weight is 0, so the model-driven prior would not be used; give it a weight")
     if contrastive_weight > 0 and not canon.has_contrastive_loss:
         raise ConfigError(f"contrastive_weight > 0, but {type(canon).__name__} has no contrastive loss")
     params: list[dict[str, Any]] = [{"params": [p for p in canon.parameters() if p.requires_grad], "lr": lr}]
@@ -97,8 +116,37 @@ def train_canonicalizer(model: Canonicalized, data: Data, steps: int, *, finetun
         raise ConfigError("the model has no trainable parameters")
     fit(model, data, steps, optimizer=torch.optim.Adam(params), batch_size=batch_size, seed=seed,
         labels=bool(finetune), augment=augment, callback=callback, task_loss=task_loss, prior_weight=prior_weight,
-        contrastive_weight=contrastive_weight, transform=transform)
+        contrastive_weight=contrastive_weight, transform=transform, teacher=teacher)
     return model.eval()
+
+
+PRIORS = ("identity", "model")
+
+
+def _teacher(prior: str | Canonicalizer, reference: object, model: Canonicalized) -> Canonicalizer | None:
+    """The model-driven prior's teacher for ``prior`` (``None`` for the identity prior)."""
+    if isinstance(prior, Canonicalizer):
+        if reference is not None:
+            raise ConfigError("reference= is for prior='model'; the teacher you passed is already built")
+        teacher = prior
+    elif prior == "identity":
+        if reference is not None:
+            raise ConfigError("reference= is for prior='model' (the frozen predictor's typicality); the identity "
+                              "prior takes upright data= only")
+        return None
+    elif prior == "model":
+        if not model.group.is_indexed:
+            raise ConfigError(f"prior='model' scores every element of a finite group; {model.group} is not one "
+                              "(use C(n) or D(n))")
+        if reference is None:
+            raise ConfigError("prior='model' needs reference=: unlabelled upright inputs (a few hundred) whose "
+                              "features the frozen predictor's typicality is measured against")
+        teacher = TestTime(model.group, model.predictor, reference=reference, action=model.canonicalizer.action)
+    else:
+        raise ConfigError(f"prior must be 'identity', 'model' or a teacher canonicalizer, got {prior!r}")
+    if teacher.group != model.group:
+        raise ConfigError(f"the teacher's group {teacher.group} is not the model's {model.group}")
+    return teacher
 
 
 #: the paper's view of large pretrained inputs: the centre 80%, shrunk to at most 96 pixels (Mondal et al.)
@@ -111,7 +159,8 @@ def adapt_pretrained(model: nn.Module, group: Group | str, *, in_channels: int =
                      prior_weight: float = 100.0, contrastive_weight: float = 0.0, transform: str | None = "auto",
                      augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                      lr: float = 1e-3, finetune_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
-                     callback: Callable[[int, dict[str, float]], None] | None = None) -> Canonicalized:
+                     callback: Callable[[int, dict[str, float]], None] | None = None,
+                     prior: str | Canonicalizer = "identity", reference: object = None) -> Canonicalized:
     """Make a pretrained image model equivariant to ``group``, keeping what it does on upright images.
 
     Wraps ``model`` as ``ec.Canonicalized(model, canonicalizer, output)``, placed on ``model``'s device.
@@ -137,7 +186,8 @@ def adapt_pretrained(model: nn.Module, group: Group | str, *, in_channels: int =
         canonicalizer_args: keyword arguments for ``create`` on top of the group, ``in_channels`` and
             :data:`PAPER_VIEW` (e.g. ``{"resize": 64}``, ``{"hidden": 16}``).
         data, steps, finetune, task_loss, prior_weight, contrastive_weight, transform, augment, lr,
-            finetune_lr, batch_size, seed, callback: see :func:`train_canonicalizer`.
+            finetune_lr, batch_size, seed, callback, prior, reference: see :func:`train_canonicalizer`
+            (``prior="model", reference=upright`` trains on ``data`` in any orientation).
 
     Returns:
         The :class:`~equicanon.Canonicalized` model, in eval mode: ``model(x)`` equals the
@@ -172,4 +222,5 @@ def adapt_pretrained(model: nn.Module, group: Group | str, *, in_channels: int =
         return adapted.eval()
     return train_canonicalizer(adapted, data, steps, finetune=finetune, task_loss=task_loss, prior_weight=prior_weight,
                                contrastive_weight=contrastive_weight, transform=transform, augment=augment,
-                               lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, callback=callback)
+                               lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, callback=callback,
+                               prior=prior, reference=reference)

@@ -11,6 +11,7 @@ from .contrastive import Contrastive
 from .image import GroupConv, center_crop_resize
 from .points import ParticleVectorNeurons, VectorNeurons
 from .sets import Sort
+from .testtime import TestTime
 
 __all__ = [
     "Canonicalization",
@@ -22,6 +23,7 @@ __all__ = [
     "VectorNeurons",
     "ParticleVectorNeurons",
     "Sort",
+    "TestTime",
     "available",
     "center_crop_resize",
     "create",

@@ -83,6 +83,9 @@ class Canonicalizer(nn.Module, abc.ABC):
     action: Action
     #: see ``check_inputs`` above; a plain attribute, so ``canon.check_inputs = False`` works too
     check_inputs: bool = True
+    #: whether training moves the poses (gradients reach the logits or pose network); False where the poses come
+    #: from a frozen model (:class:`~equicanon.canonicalizers.TestTime`)
+    trainable: bool = True
 
     def __init__(self, *, check_inputs: bool = True) -> None:
         super().__init__()

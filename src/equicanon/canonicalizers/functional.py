@@ -303,10 +303,17 @@ def identity_cross_entropy(logits: torch.Tensor, target: torch.Tensor | None = N
     """Prior for discrete poses: cross-entropy of ``(B, |G|)`` logits against the identity (index 0).
 
     With ``target`` (``(B,)`` element indices), against those elements instead: the prior for
-    upright inputs moved by ``target`` (``pose(g·x) = g`` when ``pose(x) = e``).
+    upright inputs moved by ``target`` (``pose(g·x) = g`` when ``pose(x) = e``). A floating ``target``
+    ``(B, |G|)`` is a distribution over the elements per input (the model-driven prior: a teacher's pose
+    distribution); the cross-entropy to it is its KL divergence up to the target's entropy, a constant.
     """
     if target is None:
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    elif target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ShapeError(f"prior target: expected a distribution over the {logits.shape[1]} elements per input, "
+                             f"shape {tuple(logits.shape)}, got shape {tuple(target.shape)}")
+        return F.cross_entropy(logits, target.detach().to(logits))
     elif target.shape != logits.shape[:1] or target.dtype != torch.long:
         raise ShapeError(f"prior target: expected {logits.shape[0]} element indices, shape ({logits.shape[0]},) "
                          f"int64, got shape {tuple(target.shape)} {target.dtype}")

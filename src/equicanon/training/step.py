@@ -36,7 +36,16 @@ from ..actions import Action, Image, Trivial
 from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
 from ..canonicalizers.functional import nearest_element
-from ..errors import ConfigError, DTypeError, InputValueError, ShapeError, check_choice, check_number, check_positive_int
+from ..errors import (
+    ConfigError,
+    DTypeError,
+    GroupMismatchError,
+    InputValueError,
+    ShapeError,
+    check_choice,
+    check_number,
+    check_positive_int,
+)
 from ..groups import O2, SO2, FiniteGroup, Group
 
 __all__ = ["TRANSFORMS", "auto_transform", "StepOutput", "step", "fit", "batches", "draw_elements", "move_batch", "task_loss_fn"]
@@ -166,7 +175,8 @@ def _split(batch: Batch) -> tuple[torch.Tensor, Any]:
 
 def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_weight: float = 0.0,
          contrastive_weight: float = 0.0, transform: str | None = "auto", action: Action | None = None,
-         generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> StepOutput:
+         generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
+         teacher: Canonicalizer | None = None) -> StepOutput:
     """The loss of one batch: ``task + prior_weight · prior + contrastive_weight · contrastive``.
 
     Args:
@@ -188,6 +198,11 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
             inputs of a plain model (rotation augmentation).
         generator: CPU generator the elements are drawn from (seed it for reproducible runs).
         shard: ``(rank, world)`` under data parallelism: see :func:`move_batch`.
+        teacher: the model-driven prior: a canonicalizer of the same finite group (e.g.
+            :class:`~equicanon.canonicalizers.TestTime`, which scores every pose with the frozen predictor);
+            the prior is then the cross-entropy of the model's logits to the teacher's pose distribution
+            ``softmax(teacher logits)`` on the (moved) batch, instead of the identity or the moving element.
+            The teacher's poses are equivariant, so the batch need not be upright.
 
     Returns:
         :class:`StepOutput`; ``loss.backward()`` is left to the caller.
@@ -238,12 +253,29 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
         terms["task"] = loss
     elif canon is not None:
         result = canon(x)
+    if teacher is not None and prior_weight > 0 and result is not None:
+        target = teacher_distribution(teacher, x, canon)
     if canon is not None and result is not None:
         loss, regularizers = canon.add_regularizers(loss, result, prior_weight=prior_weight,
                                                     contrastive_weight=contrastive_weight, target=target)
         terms.update(regularizers)
     assert isinstance(loss, torch.Tensor)  # a task loss or a weighted regularizer was computed (checked above)
     return StepOutput(loss, {k: v.detach() for k, v in terms.items()}, result, prediction, target)
+
+
+def teacher_distribution(teacher: Canonicalizer, x: torch.Tensor, student: Canonicalizer | None = None) -> torch.Tensor:
+    """The model-driven prior's target: ``softmax`` of ``teacher``'s logits on ``x``, ``(B, |G|)``, without
+    gradients; a :class:`ConfigError` where the teacher has no logits or its group is not the student's."""
+    if not isinstance(teacher, Canonicalizer):
+        raise ConfigError(f"teacher must be a canonicalizer (e.g. ec.canonicalizers.TestTime), got {type(teacher).__name__}")
+    if student is not None and teacher.group != student.group:
+        raise GroupMismatchError(f"the teacher's group {teacher.group} is not the canonicalizer's {student.group}")
+    with torch.no_grad():
+        logits = teacher(x).logits
+    if logits is None:
+        raise ConfigError(f"the teacher {type(teacher).__name__} gives no logits: the model-driven prior needs a pose "
+                          "distribution over a finite group (TestTime, GroupConv or Contrastive on C(n) / D(n))")
+    return logits.float().softmax(dim=-1)
 
 
 def batches(data: Data, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, Any]]:
@@ -292,7 +324,7 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         callback: Callable[[int, dict[str, float]], None] | None = None, task_loss: TaskLoss = None,
         prior_weight: float = 0.0, contrastive_weight: float = 0.0, transform: str | None = "auto",
-        action: Action | None = None) -> list[dict[str, float]]:
+        action: Action | None = None, teacher: Canonicalizer | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place for ``steps`` optimiser steps of :func:`step`; returns the logged terms per step.
 
     Every step takes a batch from ``data``, moves it to the model's device, applies ``augment(x, generator)``
@@ -302,7 +334,7 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
     statistics do not move), and in eval mode afterwards, also if a step fails.
 
     Args:
-        model, task_loss, prior_weight, contrastive_weight, transform, action: see :func:`step`.
+        model, task_loss, prior_weight, contrastive_weight, transform, action, teacher: see :func:`step`.
         data: a tensor ``(N, *)`` (inputs only), a pair ``(inputs, labels)`` (random batches of
             ``batch_size``), or an iterable of batches ``x`` / ``(x, y)`` such as a ``DataLoader`` (cycled).
         steps: optimiser steps (0: nothing happens).
@@ -355,7 +387,8 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
                 x = augment(x, generator)
             batch = x if (y is None or labels is False) else (x, y.to(device))
             out = step(model, batch, task_loss=task_loss, prior_weight=prior_weight,
-                       contrastive_weight=contrastive_weight, transform=transform, action=action, generator=generator)
+                       contrastive_weight=contrastive_weight, transform=transform, action=action, generator=generator,
+                       teacher=teacher)
             if not torch.isfinite(out.loss):
                 raise InputValueError(f"step {i}: the loss is {float(out.loss.detach())}, not finite; check the data "
                                       "for NaN/Inf or lower the learning rate")
