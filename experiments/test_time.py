@@ -172,8 +172,9 @@ def digits(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
     d = s.digits
     x_all, y_all = load_mnist("train")
     x_test, y_test = load_mnist("test")
-    x_train, y_train = _images(x_all[:d.train_images]), y_all[:d.train_images]
-    reference = _images(x_all[d.train_images:d.train_images + d.reference])
+    n = min(d.train_images, len(x_all) - d.reference)  # the reference: the next digits, never trained on
+    x_train, y_train = _images(x_all[:n]), y_all[:n]
+    reference = _images(x_all[n:n + d.reference])
     x_test, y_test = _images(x_test[:d.test_images]), y_test[:d.test_images]
     torch.manual_seed(s.seed)
     cnn = digit_cnn()
@@ -213,8 +214,9 @@ def fashion(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
     n = min(f.train_images, len(x_all))
     x_train, y_train = _images(x_all[:n]), y_all[:n]
     # the reference: upright test images after the evaluated ones (neither trained on nor scored)
-    reference = _images(x_test_all[f.test_images:f.test_images + f.reference])
-    x_test, y_test = _images(x_test_all[:f.test_images]), y_test_all[:f.test_images]
+    m = min(f.test_images, len(x_test_all) - f.reference)
+    reference = _images(x_test_all[m:m + f.reference])
+    x_test, y_test = _images(x_test_all[:m]), y_test_all[:m]
     group = ec.C(8)
     torch.manual_seed(s.seed)  # as experiments/adaptation_fashion_mnist.py: the same pretrained network
     pretrained = ec.models.resnet_small(10, 1, f.width)

