@@ -504,3 +504,44 @@ def test_calls_do_not_interact_and_the_input_is_never_modified():
     assert torch.equal(ra.canonical, ra_again.canonical) and torch.equal(ra.pose, ra_again.pose)
     assert set(vars(canon)) == attributes
     assert all(torch.equal(v, state[k]) for k, v in canon.state_dict().items())
+
+
+# --- a trainable reference (learn_reference) ------------------------------------------------------------------
+
+
+def test_learned_reference_is_a_parameter_the_prior_trains_and_poses_stay_equivariant() -> None:
+    """``learn_reference=True``: ``r`` is an ``nn.Parameter`` (same initial value as the fixed one), the prior's
+    gradient reaches it, training moves it, a state dict round-trips it, and the canonicalizer is still exactly
+    equivariant on quarter turns (the scores are still the copies' scores against one vector)."""
+    torch.manual_seed(0)
+    fixed = Contrastive(ec.C(4), ec.models.ConvEncoder(3, out_dim=16, hidden=4))
+    torch.manual_seed(0)
+    learned = Contrastive(ec.C(4), ec.models.ConvEncoder(3, out_dim=16, hidden=4), learn_reference=True)
+    assert isinstance(learned.reference, torch.nn.Parameter) and not isinstance(fixed.reference, torch.nn.Parameter)
+    assert torch.equal(learned.reference.detach(), fixed.reference)
+    assert any(p is learned.reference for p in learned.parameters())
+    x = torch.randn(6, 3, 13, 13)
+    learned.prior_loss(learned(x)).backward()
+    assert learned.reference.grad is not None and float(learned.reference.grad.abs().sum()) > 0
+    start = learned.reference.detach().clone()
+    opt = torch.optim.Adam(learned.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        learned.prior_loss(learned(x)).backward()
+        opt.step()
+    assert not torch.equal(start, learned.reference.detach())
+    again = Contrastive(ec.C(4), ec.models.ConvEncoder(3, out_dim=16, hidden=4), learn_reference=True)
+    again.load_state_dict(learned.state_dict())
+    assert torch.equal(again.reference.detach(), learned.reference.detach())
+    ec.testing.assert_canonicalizer(learned.eval().double(), x.double())
+
+
+def test_learned_reference_needs_its_size_up_front() -> None:
+    class NoOutDim(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3))
+
+    with pytest.raises(ec.errors.ConfigError, match="feature_dim="):
+        Contrastive(ec.C(4), NoOutDim(), learn_reference=True)
+    canon = Contrastive(ec.C(4), NoOutDim(), learn_reference=True, feature_dim=3)
+    assert canon.reference.shape == (3,)

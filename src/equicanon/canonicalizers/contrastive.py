@@ -131,6 +131,9 @@ class Contrastive(Canonicalizer):
             ``resize`` pixels (as in :class:`~equicanon.canonicalizers.GroupConv`); the
             canonical form is the whole input.
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
+        learn_reference: make ``r`` a trainable parameter (initialised as above) instead of a fixed buffer, so
+            the prior and the task loss move the direction the copies are scored against too (the reference
+            stays in ``state_dict`` either way). Needs the reference's size at construction.
         check_inputs: refuse inputs holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
     Result: ``logits = logit_scale · s`` ``(B, |G|)``; ``margin`` = top minus runner-up logit ``(B,)``;
@@ -158,13 +161,13 @@ class Contrastive(Canonicalizer):
         >>> loss = canon.prior_loss(res) + 0.1 * canon.contrastive_loss(res)
     """
 
-    reference: torch.Tensor  # a buffer: (d,), or empty until the first call draws it
+    reference: torch.Tensor  # a buffer (d,), empty until the first call draws it; a Parameter with learn_reference
 
     def __init__(self, group: Group | str, network: nn.Module | str | None = None, *, in_channels: int | None = None,
                  embed_dim: int | None = None, feature_dim: int | None = None, reference: torch.Tensor | None = None,
                  seed: int = 0, logit_scale: float = 10.0, inputs_per_call: int | None = None,
                  action: Action | None = None, crop: float | None = None, resize: int | None = None,
-                 padding: str = "zeros", check_inputs: bool = True) -> None:
+                 padding: str = "zeros", learn_reference: bool = False, check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
         group = as_group(group, where=lambda g: g.is_indexed, what="Contrastive: group",
                          expected="a finite group whose elements it can score one by one (C(n), D(n), Octahedral(), ...)")
@@ -197,7 +200,14 @@ class Contrastive(Canonicalizer):
             self.projection = (nn.LazyLinear(self.embed_dim) if self.feature_dim is None
                                else nn.Linear(self.feature_dim, self.embed_dim))
         self.reference_dim = self.embed_dim if self.embed_dim is not None else self.feature_dim
-        self.register_buffer("reference", self._initial_reference(reference))
+        self.learn_reference = bool(learn_reference)
+        if self.learn_reference:
+            if self.reference_dim is None and reference is None:
+                raise ConfigError("learn_reference=True needs the reference's size up front, to train it from the first "
+                                  "step: pass feature_dim= (or embed_dim=, or a network with out_dim)")
+            self.reference = nn.Parameter(self._initial_reference(reference))
+        else:
+            self.register_buffer("reference", self._initial_reference(reference))
 
     # --- construction helpers ---------------------------------------------------------------------------------
 
