@@ -50,7 +50,8 @@ ENERGIES = list(ec.canonicalizers.testtime.ENERGIES)
 @dataclass
 class Digits:
     """Part 1. ``steps`` Adam steps (batch ``batch``, ``lr``) on the first ``train_images`` upright training
-    digits; ``reference`` unlabelled upright digits from the rest of the training split; ``test_images``."""
+    digits; ``reference`` unlabelled upright digits from the rest of the training split; ``test_images``;
+    ``spatial``: a submodule whose flattened output is also tried as typicality features (``None``: not)."""
 
     enabled: bool = True
     train_images: int = 7000
@@ -59,13 +60,15 @@ class Digits:
     steps: int = 1500
     batch: int = 128
     lr: float = 1e-3
+    spatial: str | None = "6"
 
 
 @dataclass
 class Fashion:
     """Part 2. The pretraining of experiment 1 (``width``, ``pretrain_steps``, ``lr``, ``batch``, on the first
     ``train_images``); TestTime with ``energies``; distillation into ``canonicalizer`` (``create("group_conv",
-    ...)`` arguments) for ``steps`` steps (``canon_lr``, ``prior_weight``, batch ``batch``)."""
+    ...)`` arguments) for ``steps`` steps (``canon_lr``, ``prior_weight``, batch ``batch``; ``distill`` false: skipped);
+    ``spatial``: a submodule whose flattened output is also tried as typicality features."""
 
     enabled: bool = True
     train_images: int = 60000
@@ -81,6 +84,8 @@ class Fashion:
     prior_weight: float = 100.0
     canonicalizer: dict[str, Any] = field(default_factory=dict)
     fixed_element: int = 3
+    spatial: str | None = "stages"
+    distill: bool = True
 
 
 @dataclass
@@ -191,11 +196,17 @@ def digits(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
         canon = ec.canonicalizers.TestTime(group, cnn, energy=energy,
                                            reference=reference if energy == "typicality" else None)
         results[energy] = scores(ec.Canonicalized(cnn, canon), x_test, y_test, group)
+    names = list(ENERGIES)
+    if d.spatial is not None:
+        key = f"typicality, spatial features of {d.spatial!r}"
+        canon = ec.canonicalizers.TestTime(group, cnn, reference=reference, features=d.spatial, spatial=True)
+        results[key] = scores(ec.Canonicalized(cnn, canon), x_test, y_test, group)
+        names.append(key)
     plain = results["plain"]["seconds_per_input"]
     lines = [f"Digits, {len(x_test)} test digits at each quarter turn; mean max-logit by turn: "
              + ", ".join(f"{v:.1f}" for v in results["mean_max_logit"]), "", HEADER.format(avg="C4-averaged")]
     lines.append(_row("plain CNN", results["plain"], plain))
-    lines += [_row(f"TestTime(C4, energy={e!r})", results[e], plain) for e in ENERGIES]
+    lines += [_row(f"TestTime(C4, energy={e!r})", results[e], plain) for e in names]
     say("\n".join(lines) + "\n")
     results["table"] = "\n".join(lines)
     return results
@@ -230,6 +241,13 @@ def fashion(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
                                            reference=reference if energy == "typicality" else None)
         results[f"TestTime {energy}"] = scores(ec.Canonicalized(pretrained, canon), x_test, y_test, group)
         say(f"TestTime {energy}: C8-averaged {results[f'TestTime {energy}']['averaged']:.2f}")
+    energies = list(f.energies)
+    if f.spatial is not None:
+        key = f"typicality, spatial features of {f.spatial!r}"
+        canon = ec.canonicalizers.TestTime(group, pretrained, reference=reference, features=f.spatial, spatial=True)
+        results[f"TestTime {key}"] = scores(ec.Canonicalized(pretrained, canon), x_test, y_test, group)
+        energies.append(key)
+        say(f"TestTime {key}: C8-averaged {results[f'TestTime {key}']['averaged']:.2f}")
 
     def distilled(data: torch.Tensor, prior: str) -> tuple[ec.Canonicalized, float]:
         with torch.random.fork_rng(devices=[]):
@@ -249,7 +267,7 @@ def fashion(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
         "turned by one element per class": _turned(x_train, group, per_class[y_train]),
     }
     results["per_class_elements"] = per_class.tolist()
-    for data_name, data in datasets.items():
+    for data_name, data in (datasets if f.distill else {}).items():
         for prior in ("identity", "model"):
             model, seconds = distilled(data, prior)
             key = f"{prior} prior, {data_name} training data"
@@ -258,7 +276,7 @@ def fashion(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
     plain = results["pretrained"]["seconds_per_input"]
     lines = [f"Fashion-MNIST, pretrained resnet_small frozen, {len(x_test)} test images at each element of C(8)", "",
              HEADER.format(avg="C8-averaged"), _row("pretrained, no canonicalization", results["pretrained"], plain)]
-    lines += [_row(f"TestTime(C8, energy={e!r})", results[f"TestTime {e}"], plain) for e in f.energies]
+    lines += [_row(f"TestTime(C8, energy={e!r})", results[f"TestTime {e}"], plain) for e in energies]
     lines += [_row(k, v, plain) for k, v in results.items() if k.endswith("training data")]
     say("\n".join(lines) + "\n")
     results["table"] = "\n".join(lines)

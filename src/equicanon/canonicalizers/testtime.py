@@ -175,9 +175,10 @@ def last_linear(predictor: nn.Module) -> tuple[str, nn.Linear]:
     return found[-1]
 
 
-def _pooled(t: object, what: str, *, tokens: bool = False) -> torch.Tensor:
-    """Features ``(N, d)`` from a hooked tensor: the trailing axes of a feature map ``(N, C, ...)`` averaged, or
-    with ``tokens`` (the input of a linear layer, ``(N, ..., d)``) the middle (token) axes."""
+def _pooled(t: object, what: str, *, tokens: bool = False, spatial: bool = False) -> torch.Tensor:
+    """Features ``(N, d)`` from a hooked tensor: the trailing axes of a feature map ``(N, C, ...)`` averaged (or
+    with ``spatial`` flattened, ``d = C·H·W``), or with ``tokens`` (the input of a linear layer, ``(N, ..., d)``)
+    the middle (token) axes averaged."""
     if isinstance(t, (tuple, list)) and t:
         t = t[0]
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim < 2:
@@ -185,7 +186,9 @@ def _pooled(t: object, what: str, *, tokens: bool = False) -> torch.Tensor:
         raise DTypeError(f"TestTime: the features ({what}) must be a floating tensor (N, d) or (N, d, ...), got {got}")
     if t.ndim == 2:
         return t
-    return t.flatten(1, -2).mean(dim=1) if tokens else t.flatten(2).mean(dim=-1)
+    if tokens:
+        return t.flatten(1, -2).mean(dim=1)
+    return t.flatten(1) if spatial else t.flatten(2).mean(dim=-1)
 
 
 @contextmanager
@@ -262,6 +265,9 @@ class TestTime(Canonicalizer):
             ``named_modules()``) or the submodule itself: its output (``feature_side="input"``: its input);
             another ``nn.Module``: called on the copies itself, ``(N, *) → (N, d)``. Feature maps
             ``(N, C, ...)`` are averaged over their trailing axes.
+        spatial: flatten feature maps ``(N, C, H, W)`` into ``C·H·W`` features instead of averaging them over
+            ``H, W``: where the orientation lives is the layout, and averaged feature maps are nearly invariant to
+            turns (use it with ``features=`` a convolutional stage; the Gaussian's low-rank form keeps it cheap).
         feature_side: ``"output"`` or ``"input"`` of the ``features`` submodule (``None``: ``"input"`` for the
             default last linear layer, ``"output"`` otherwise).
         shrinkage: the covariance shrinkage of ``"typicality"`` (``None``: Ledoit–Wolf).
@@ -300,7 +306,7 @@ class TestTime(Canonicalizer):
                  reference: object = None, features: str | nn.Module | None = None, feature_side: str | None = None,
                  shrinkage: float | None = None, gate: float | None = None, temperature: float = 1.0,
                  inputs_per_call: int | None = None, in_channels: int | None = None, action: Action | None = None,
-                 padding: str = "zeros", check_inputs: bool = True) -> None:
+                 padding: str = "zeros", spatial: bool = False, check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
         group = as_group(group, where=lambda g: g.is_indexed, what="TestTime: group",
                          expected="a finite group whose copies it can score one by one (C(n), D(n), Octahedral(), ...)")
@@ -335,6 +341,7 @@ class TestTime(Canonicalizer):
         self.temperature = float(temperature)
         self.inputs_per_call = None if inputs_per_call is None else check_positive_int(inputs_per_call, "inputs_per_call")
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
+        self.spatial = bool(spatial)
         self.density = GaussianDensity()
         self.register_buffer("threshold", torch.empty(0, dtype=torch.float64))
         if reference is not None:
@@ -392,14 +399,15 @@ class TestTime(Canonicalizer):
                 with _catching(layer, side) as caught:
                     out = call_with_typed_errors(self.predictor, self.predictor, x)
                 feats: torch.Tensor | None = _pooled(caught[0], f"the {side} of {path or 'the predictor'}",
-                                                     tokens=side == "input" and isinstance(layer, nn.Linear))
+                                                     tokens=side == "input" and isinstance(layer, nn.Linear),
+                                                     spatial=self.spatial)
             else:
                 out = call_with_typed_errors(self.predictor, self.predictor, x)
                 feats = None
             if self.feature_network is not None:
                 with _evaluating(self.feature_network):
                     feats = _pooled(call_with_typed_errors(self.feature_network, self.feature_network, x),
-                                    "the features module's output")
+                                    "the features module's output", spatial=self.spatial)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise DTypeError(f"TestTime: the predictor must return a floating tensor of outputs (N, K), got "
                              f"{type(out).__name__ if not isinstance(out, torch.Tensor) else out.dtype}")
