@@ -419,7 +419,10 @@ class TestTime(Canonicalizer):
 
     def energies(self, x: torch.Tensor) -> torch.Tensor:
         """Energies ``(N,)`` of inputs ``x (N, *)`` as they are (no transformation), in float64."""
-        out, feats = self.outputs_and_features(x)
+        return self._energy_of(*self.outputs_and_features(x))
+
+    def _energy_of(self, out: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+        """Energies ``(N,)`` from the predictor's outputs ``(N, K)`` and features ``(N, d)``, in float64."""
         if self.energy == "typicality":
             if feats is None:
                 raise ConfigError("TestTime: energy='typicality' needs features, and the predictor gave none")
@@ -428,9 +431,9 @@ class TestTime(Canonicalizer):
             e = _logit_energy(self.energy)(out, feats)
         else:
             e = self.energy(out, feats)
-            if not isinstance(e, torch.Tensor) or e.shape != (x.shape[0],):
+            if not isinstance(e, torch.Tensor) or e.shape != (out.shape[0],):
                 got = format_shape(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
-                raise ShapeError(f"TestTime: energy(outputs, features) must return ({x.shape[0]},), got {got}")
+                raise ShapeError(f"TestTime: energy(outputs, features) must return ({out.shape[0]},), got {got}")
         return e.detach().double()
 
     @torch.no_grad()
@@ -441,25 +444,23 @@ class TestTime(Canonicalizer):
         if not batches or sum(len(b) for b in batches) < 2:
             raise ShapeError("reference: expected at least 2 inputs")
         if isinstance(self.action, Image):
+            fixed = {} if self.in_channels is None else {"C": self.in_channels}
             for b in batches:
-                fixed = {} if self.in_channels is None else {"C": self.in_channels}
                 check_shape(b, "B C H W", "reference", **fixed)
             if self.in_channels is None:
                 self.in_channels = int(batches[0].shape[1])
         step = 256 if self.inputs_per_call is None else max(self.inputs_per_call * self.group.order, 1)
         device = self.threshold.device
+        passes = []  # (outputs, features) of every chunk: one predictor pass serves the density and the gate
+        for b in batches:
+            check_floating(b, "reference")
+            passes += [self.outputs_and_features(b[i:i + step].to(device)) for i in range(0, len(b), step)]
         if self.energy == "typicality":
-            feats = []
-            for b in batches:
-                check_floating(b, "reference")
-                for i in range(0, len(b), step):
-                    f = self.outputs_and_features(b[i:i + step].to(device))[1]
-                    if f is None:
-                        raise ConfigError("TestTime: energy='typicality' needs features, and the predictor gave none")
-                    feats.append(f)
-            self.density.fit(torch.cat(feats), self.shrinkage)
+            if any(f is None for _, f in passes):
+                raise ConfigError("TestTime: energy='typicality' needs features, and the predictor gave none")
+            self.density.fit(torch.cat([f for _, f in passes if f is not None]), self.shrinkage)
         if self.gate is not None:
-            e = torch.cat([self.energies(b[i:i + step].to(device)) for b in batches for i in range(0, len(b), step)])
+            e = torch.cat([self._energy_of(out, f) for out, f in passes])
             self.threshold = torch.quantile(e, self.gate).reshape(1)
         return self
 
