@@ -545,3 +545,83 @@ def test_learned_reference_needs_its_size_up_front() -> None:
         Contrastive(ec.C(4), NoOutDim(), learn_reference=True)
     canon = Contrastive(ec.C(4), NoOutDim(), learn_reference=True, feature_dim=3)
     assert canon.reference.shape == (3,)
+
+
+# --- the rotation-artifact loss (artifact_weight) --------------------------------------------------------------
+
+
+def _artifact_canon(group: ec.groups.FiniteGroup, weight: float = 1.0, **kwargs: object) -> Contrastive:
+    torch.manual_seed(0)
+    return Contrastive(group, ec.models.ConvEncoder(1, out_dim=16, hidden=4), artifact_weight=weight, **kwargs)
+
+
+def test_artifact_loss_is_one_minus_the_cosine_of_each_round_trip_to_the_original() -> None:
+    """``artifact_loss == mean_k (1 − cos(φ(g_k·(g_k⁻¹·x)), φ(x)))``, recomputed here from the action; only the
+    round trips get its gradient (the original's embedding is the target)."""
+    canon = _artifact_canon(ec.C(8)).double().train()
+    x = torch.rand(3, 1, 15, 15, dtype=torch.float64)
+    res = canon(x)
+    act, elements = ec.actions.Image(ec.C(8)), ec.C(8).elements()
+    want = []
+    for k in range(8):
+        g = elements[k].repeat(3)
+        trip = act(g, act(ec.C(8).inverse(g), x))
+        want.append(1 - F.cosine_similarity(canon.network(trip), canon.network(x), dim=-1))
+    assert torch.allclose(canon.artifact_loss(res), torch.stack(want).mean(), atol=1e-12)
+    assert res.extras["round_trips"].shape == (3, 8, 16)
+    emb = res.extras["embeddings"]
+    emb.retain_grad()
+    canon.artifact_loss(res).backward()
+    assert emb.grad is None or float(emb.grad[:, 0].abs().sum()) == 0.0
+
+
+def test_artifact_loss_is_zero_for_exact_turns_and_positive_where_turns_interpolate() -> None:
+    x = torch.rand(4, 1, 16, 16, dtype=torch.float64)
+    exact = _artifact_canon(ec.D(4)).double().train()
+    with torch.enable_grad():
+        assert float(exact.artifact_loss(exact(x)).detach()) < 1e-12
+    blurred = _artifact_canon(ec.C(8)).double().train()
+    assert float(blurred.artifact_loss(blurred(x)).detach()) > 1e-6
+
+
+def test_artifact_term_joins_the_training_step_and_training_lowers_it() -> None:
+    """In :func:`equicanon.training.step` the term is added (``"artifact"`` in the logged terms) without any other
+    weight set for it; a few optimiser steps on it lower it on the same batch."""
+    from equicanon.training import step
+
+    canon = _artifact_canon(ec.C(8), weight=5.0).train()
+    x = torch.rand(8, 1, 15, 15)
+    out = step(canon, x, prior_weight=1.0, transform=None)
+    assert set(out.terms) == {"prior", "artifact"}
+    assert torch.allclose(out.loss, out.terms["prior"] + 5.0 * out.terms["artifact"])
+    first = float(out.terms["artifact"])
+    opt = torch.optim.Adam(canon.parameters(), lr=3e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        canon.artifact_loss(canon(x)).backward()
+        opt.step()
+    assert float(canon.artifact_loss(canon(x)).detach()) < 0.5 * first
+
+
+def test_artifact_round_trips_only_in_training_and_the_canonicalizer_stays_equivariant() -> None:
+    canon = _artifact_canon(ec.C(8))
+    x = torch.rand(2, 1, 15, 15)
+    canon.train()
+    with torch.no_grad():
+        assert "round_trips" not in canon(x).extras
+    canon.eval()
+    res = canon(x)
+    assert "round_trips" not in res.extras
+    with pytest.raises(ConfigError, match="artifact_weight"):
+        canon.artifact_loss(res)
+    loss, terms = canon.add_regularizers(0.0, res, prior_weight=1.0)
+    assert set(terms) == {"prior"} and torch.equal(loss, terms["prior"])
+    for size in (15, 16):
+        for dtype in (torch.float64, torch.float32):
+            c4 = _artifact_canon(ec.C(4)).to(dtype).eval()
+            xs = torch.rand(3, 1, size, size, dtype=dtype)
+            assert_canonicalizer(c4, xs, dtype=dtype)
+            trained = c4.train()(xs)  # the round trips are computed; the poses do not depend on them
+            assert "round_trips" in trained.extras and torch.equal(trained.pose, c4.eval()(xs).pose)
+    with pytest.raises(ConfigError, match="artifact_weight"):
+        Contrastive(ec.C(8), ec.models.ConvEncoder(1, out_dim=16, hidden=4), artifact_weight=-1.0)

@@ -30,6 +30,7 @@ from ..errors import (
     InputValueError,
     ShapeError,
     check_floating,
+    check_number,
     check_positive_int,
     check_shape,
     format_shape,
@@ -134,12 +135,19 @@ class Contrastive(Canonicalizer):
         learn_reference: make ``r`` a trainable parameter (initialised as above) instead of a fixed buffer, so
             the prior and the task loss move the direction the copies are scored against too (the reference
             stays in ``state_dict`` either way). Needs the reference's size at construction.
+        artifact_weight: weight of the rotation-artifact loss (:meth:`artifact_loss`; 0, the default: off). For
+            groups whose turns interpolate (``C(8)`` and finer) the prior can be learnt by telling clean copies
+            from blurred ones instead of upright content from turned content; this loss asks a copy turned by
+            ``g`` and back, ``g·(g⁻¹·x)``, to embed like ``x``. In training (with gradients) the forward pass
+            then also embeds the ``|G|`` round trips (twice the network's work) and :meth:`add_regularizers`
+            adds ``artifact_weight · artifact_loss``, logged as ``"artifact"``.
         check_inputs: refuse inputs holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
     Result: ``logits = logit_scale · s`` ``(B, |G|)``; ``margin`` = top minus runner-up logit ``(B,)``;
     ``extras["scores"]`` = ``s`` ``(B, |G|)``;
     ``extras["embeddings"]`` = the copies' (projected) features ``(B, |G|, d)``, entry ``k``
-    for ``g_k⁻¹·x``.
+    for ``g_k⁻¹·x``; in training with ``artifact_weight > 0``, ``extras["round_trips"]`` ``(B, |G|, d)``, the
+    embeddings of ``g_k·(g_k⁻¹·x)``.
 
     Exactness: invariance is exact (poses equal, canonical forms bit-identical) when ``φ``
     gives bit-identical features for bit-identical inputs wherever they sit in the batch.
@@ -167,7 +175,8 @@ class Contrastive(Canonicalizer):
                  embed_dim: int | None = None, feature_dim: int | None = None, reference: torch.Tensor | None = None,
                  seed: int = 0, logit_scale: float = 10.0, inputs_per_call: int | None = None,
                  action: Action | None = None, crop: float | None = None, resize: int | None = None,
-                 padding: str = "zeros", learn_reference: bool = False, check_inputs: bool = True) -> None:
+                 padding: str = "zeros", learn_reference: bool = False, artifact_weight: float = 0.0,
+                 check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
         group = as_group(group, where=lambda g: g.is_indexed, what="Contrastive: group",
                          expected="a finite group whose elements it can score one by one (C(n), D(n), Octahedral(), ...)")
@@ -184,6 +193,7 @@ class Contrastive(Canonicalizer):
         self.resize = None if resize is None else check_positive_int(resize, "resize")
         self.logit_scale = _number(logit_scale, "logit_scale")
         self.inputs_per_call = None if inputs_per_call is None else check_positive_int(inputs_per_call, "inputs_per_call")
+        self.artifact_weight = check_number(artifact_weight, "artifact_weight", minimum=0.0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
@@ -267,6 +277,10 @@ class Contrastive(Canonicalizer):
             parts.append(f"embed_dim={self.embed_dim}")
         if self.inputs_per_call is not None:
             parts.append(f"inputs_per_call={self.inputs_per_call}")
+        if self.learn_reference:
+            parts.append("learn_reference=True")
+        if self.artifact_weight > 0:
+            parts.append(f"artifact_weight={self.artifact_weight:g}")
         return ", ".join(parts)
 
     # --- forward ----------------------------------------------------------------------------------------------
@@ -336,8 +350,15 @@ class Contrastive(Canonicalizer):
         logits = s * self.logit_scale
         canonical, pose = discrete_canonicalize(x, logits, self.group, self.action, temperature=1.0,
                                                 copies=copies)
-        return Canonicalization(canonical, pose, self.group, logits=logits,
-                                extras={"scores": s, "embeddings": embeddings}, margin=top_gap(logits))
+        extras = {"scores": s, "embeddings": embeddings}
+        if self.artifact_weight > 0 and self.training and torch.is_grad_enabled():
+            extras["round_trips"] = self.embed(self._round_trips(view))
+        return Canonicalization(canonical, pose, self.group, logits=logits, extras=extras, margin=top_gap(logits))
+
+    def _round_trips(self, copies: torch.Tensor) -> torch.Tensor:
+        """``g_k·(g_k⁻¹·x)`` ``(B, |G|, *)`` from the copies ``g_k⁻¹·x`` ``(B, |G|, *)``: each copy turned back."""
+        elements = self.group.elements(device=copies.device).repeat(copies.shape[0])  # entry b·K + k is g_k
+        return self.action(elements, copies.flatten(0, 1)).reshape(copies.shape)
 
     # --- losses -----------------------------------------------------------------------------------------------
 
@@ -356,6 +377,33 @@ class Contrastive(Canonicalizer):
         if emb is None:
             raise ConfigError("contrastive_loss needs a result from Contrastive (extras['embeddings'] is missing)")
         return contrastive_similarity_loss(emb)
+
+    def artifact_loss(self, result: Canonicalization) -> torch.Tensor:
+        """Mean over the batch and the elements of ``1 − cos(φ(g_k·(g_k⁻¹·x)), φ(x))``; 0-dim.
+
+        ``φ(x)`` (the identity copy's embedding) is the target and gets no gradient from this loss: the
+        network learns to embed a turned-and-back copy, with the blur of two interpolations, like the clean
+        input, so the prior cannot be met by telling interpolated copies from exact ones. 0 for exact
+        actions (quarter turns, flips). Needs a result computed in training with ``artifact_weight > 0``.
+        """
+        trips, emb = result.extras.get("round_trips"), result.extras.get("embeddings")
+        if trips is None or emb is None:
+            raise ConfigError("artifact_loss needs a result from Contrastive(artifact_weight > 0) computed in training "
+                              "mode with gradients (extras['round_trips'] is missing)")
+        target = F.normalize(emb[:, :1].detach(), dim=-1)
+        return (1 - (F.normalize(trips, dim=-1) * target).sum(-1)).mean()
+
+    def add_regularizers(self, loss: torch.Tensor | float, result: Canonicalization, *, prior_weight: float = 0.0,
+                         contrastive_weight: float = 0.0, target: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """The base regularizers, plus ``artifact_weight · artifact_loss(result)`` (term ``"artifact"``) when the
+        result carries round trips (training with ``artifact_weight > 0``)."""
+        loss, terms = super().add_regularizers(loss, result, prior_weight=prior_weight,
+                                               contrastive_weight=contrastive_weight, target=target)
+        if "round_trips" in result.extras:
+            terms["artifact"] = self.artifact_loss(result)
+            loss = loss + self.artifact_weight * terms["artifact"]
+        return loss, terms
 
 
 def _with_conv_encoder(group: Group) -> Contrastive:
