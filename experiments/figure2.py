@@ -4,7 +4,10 @@ Two canonicalizers learn the canonicalization prior while the same predictor is
 trained on upright Fashion-MNIST (the prior says: training images are upright):
 
 - GroupConv + prior (learned canonicalization, Kaba et al. 2023, with Mondal et al.'s prior);
-- Contrastive + prior (EquiOptAdapt: a non-equivariant CNN scores all |G| copies; plus the contrastive loss).
+- Contrastive + prior (EquiOptAdapt: a non-equivariant CNN scores all |G| copies; plus the contrastive loss);
+- optionally (``--methods``), the same Contrastive with a trainable reference vector (``learn_reference=True``)
+  and with the rotation-artifact loss (``artifact_weight``: a copy turned by g and back embeds like the
+  original), the two additions of the authors' library; they matter for ``--group C8``, whose turns interpolate.
 
 Both get the same predictor (``ec.models.LeNet``, same initial weights), the same batches in
 the same order, the same optimiser and the same training-time budget, in one process on one
@@ -14,13 +17,15 @@ alike. Every ``eval_every`` steps the identity metric (share of inputs whose pos
 identity) is measured on a fixed held-out set of upright test images; evaluation time is
 excluded from the training clock. At the end, both wrapped models are evaluated on the test
 images rotated by random elements of the group (accuracy is the same as upright, up to
-rounding, as the models are invariant).
+rounding, as the models are invariant), and the share of rotated images whose pose is the rotation applied.
 
 Writes ``figure2.png`` and ``figure2.md`` (the markdown table with the training time each method
 needs to reach 90% and 95% identity rate and the ratio of the two) and prints the table.
 
     python experiments/figure2.py            # about 5 minutes on a 2-core CPU; writes docs/figure2.{png,md}
     python experiments/figure2.py --quick    # seconds (a 1-second budget, 1 seed)
+    python experiments/figure2.py --group C8 --methods '[group_conv, contrastive, learn_reference, artifact]' \
+        --output-name figure2_c8            # about 10 minutes; writes docs/figure2_c8.{png,md}
     python experiments/figure2.py --help     # the settings (configs/experiments/figure2.yaml)
 """
 
@@ -48,6 +53,8 @@ from equicanon.training import fit
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "experiments" / "figure2.yaml"
 THRESHOLDS = (0.90, 0.95)
+METHODS = {"group_conv": "GroupConv + prior", "contrastive": "Contrastive + prior",
+           "learn_reference": "Contrastive, learnt reference", "artifact": "Contrastive + artifact loss"}
 
 
 @dataclass
@@ -71,6 +78,10 @@ class Settings:
         eval_images: held-out upright test images for the identity metric.
         test_images: other test images, for the final accuracies.
         threads: torch threads (1: robust when another process holds one of 2 cores).
+        methods: which canonicalizers race, from ``group_conv``, ``contrastive``, ``learn_reference``
+            (Contrastive with ``learn_reference=True``) and ``artifact`` (Contrastive with ``artifact_weight``).
+        artifact_weight: weight of the rotation-artifact loss of the ``artifact`` method.
+        output_name: stem of the files written to the output directory (``figure2``: figure2.png, figure2.md).
         data_dir: Fashion-MNIST IDX files (default: $EQUICANON_DATA, then the Debian package's folder).
     """
 
@@ -90,11 +101,17 @@ class Settings:
     eval_images: int
     test_images: int
     threads: int
+    methods: list[str] = field(default_factory=lambda: ["group_conv", "contrastive"])
+    artifact_weight: float = 1.0
+    output_name: str = "figure2"
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.group.upper() not in ("C4", "C8"):
             raise ConfigError(f"group must be C4 or C8, got {self.group!r}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be distinct names from {', '.join(METHODS)}, got {self.methods!r}")
 
 
 @dataclass
@@ -149,17 +166,20 @@ def evaluate(run: Run, images: torch.Tensor, chunk: int = 500) -> tuple[float, f
 
 @torch.no_grad()
 def rotated_accuracy(run: Run, images: torch.Tensor, labels: torch.Tensor, group: ec.groups.FiniteGroup,
-                     seed: int, chunk: int = 500) -> tuple[float, float]:
-    """Accuracy on upright test images and on the same images rotated by random group elements."""
+                     seed: int, chunk: int = 500) -> tuple[float, float, float]:
+    """Accuracy on upright test images and on the same images rotated by random group elements, and the share
+    of rotated images whose pose is the element applied."""
     run.model.eval()
     g = group.sample(len(images), generator=torch.Generator().manual_seed(seed))
     act = ec.actions.Image(group)
-    hits_up = hits_rot = 0
+    hits_up = hits_rot = poses = 0
     for start in range(0, len(images), chunk):
         x, y, gb = images[start:start + chunk], labels[start:start + chunk], g[start:start + chunk]
         hits_up += int((run.model(x).argmax(-1) == y).sum())
-        hits_rot += int((run.model(act(gb, x)).argmax(-1) == y).sum())
-    return hits_up / len(images), hits_rot / len(images)
+        logits, res = run.model(act(gb, x), return_canonicalization=True)
+        hits_rot += int((logits.argmax(-1) == y).sum())
+        poses += int((res.pose == gb).sum())
+    return hits_up / len(images), hits_rot / len(images), poses / len(images)
 
 
 def time_to(curve: list[tuple[int, float, float, float]], threshold: float) -> tuple[float, int] | None:
@@ -170,28 +190,34 @@ def time_to(curve: list[tuple[int, float, float, float]], threshold: float) -> t
     return None
 
 
+def canonicalizer(s: Settings, group: ec.groups.FiniteGroup, method: str) -> Canonicalizer:
+    """The canonicalizer of one method (the caller seeds the initial weights)."""
+    if method == "group_conv":
+        return ec.canonicalizers.create("group_conv", group=group, in_channels=1, hidden=s.gc_hidden, layers=3,
+                                        kernel_size=5, pool=False)
+    extra = {"learn_reference": {"learn_reference": True}, "artifact": {"artifact_weight": s.artifact_weight}}
+    return ec.canonicalizers.create("contrastive", group=group,
+                                    network=ec.models.ConvEncoder(1, out_dim=s.embed_dim, hidden=s.cnn_hidden),
+                                    logit_scale=s.logit_scale, **extra.get(method, {}))
+
+
 def build(s: Settings, group: ec.groups.FiniteGroup, seed: int) -> list[Run]:
-    """Both methods for one seed: one predictor initialisation copied into both; canonicalizers seeded alike."""
+    """Every method for one seed: one predictor initialisation copied into all; canonicalizers seeded alike."""
     torch.manual_seed(seed)
     shared = ec.models.LeNet(10, 1, 28)
-    torch.manual_seed(seed + 1)
-    group_conv = ec.canonicalizers.create("group_conv", group=group, in_channels=1, hidden=s.gc_hidden, layers=3,
-                                          kernel_size=5, pool=False)
-    torch.manual_seed(seed + 1)
-    contrastive = ec.canonicalizers.create("contrastive", group=group,
-                                           network=ec.models.ConvEncoder(1, out_dim=s.embed_dim, hidden=s.cnn_hidden),
-                                           logit_scale=s.logit_scale)
     runs = []
-    for name, canon, weight in (("GroupConv + prior", group_conv, 0.0),
-                                ("Contrastive + prior", contrastive, s.contrastive_weight)):
+    for method in s.methods:
+        torch.manual_seed(seed + 1)
+        canon = canonicalizer(s, group, method)
         model = ec.Canonicalized(copy.deepcopy(shared), canon)
         opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-        runs.append(Run(name, canon, model, opt, contrastive_weight=weight))
+        weight = 0.0 if method == "group_conv" else s.contrastive_weight
+        runs.append(Run(METHODS[method], canon, model, opt, contrastive_weight=weight))
     return runs
 
 
 def run_seed(s: Settings, group: ec.groups.FiniteGroup, seed: int, data: dict[str, torch.Tensor]
-             ) -> tuple[list[Run], dict[str, tuple[float, float]]]:
+             ) -> tuple[list[Run], dict[str, tuple[float, float, float]]]:
     """Train both methods on one seed's batch stream, interleaved in blocks, until each has used the budget."""
     runs = build(s, group, seed)
     order = torch.randperm(len(data["train_x"]), generator=torch.Generator().manual_seed(seed))
@@ -214,9 +240,9 @@ def plot(results: list[list[Run]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    colours = ("tab:blue", "tab:orange")
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     for i, runs in enumerate(results):
-        for run, colour in zip(runs, colours, strict=True):
+        for run, colour in zip(runs, colours, strict=False):
             seconds = [c[1] for c in run.curve]
             rates = [100 * c[2] for c in run.curve]
             ax.plot(seconds, rates, marker="o", markersize=2, linewidth=1.2, color=colour, alpha=0.85,
@@ -239,8 +265,8 @@ def _median(values: list[float]) -> float:
     return float(torch.tensor(values).median()) if values else math.nan
 
 
-def table(results: list[list[Run]], accuracies: list[dict[str, tuple[float, float]]], seeds: list[int]) -> str:
-    """Markdown: per method the median (and per-seed) time to each threshold; then the ratios."""
+def table(results: list[list[Run]], accuracies: list[dict[str, tuple[float, float, float]]], seeds: list[int]) -> str:
+    """Markdown: per method the median (and per-seed) time to each threshold; then the ratios to Contrastive's."""
     def cell(hits: list[tuple[float, int] | None]) -> str:
         per = ", ".join("—" if h is None else f"{h[0]:.1f}" for h in hits)
         reached = [h[0] for h in hits if h is not None]
@@ -250,31 +276,39 @@ def table(results: list[list[Run]], accuracies: list[dict[str, tuple[float, floa
 
     names = [run.name for run in results[0]]
     lines = ["| method | canonicalizer params | ms / step | time to 90% (median; per seed) | time to 95% (median; per seed) "
-             "| final identity | test acc. upright / rotated |", "|---|---|---|---|---|---|---|"]
+             "| final identity | test acc. upright / rotated | rotated: pose right |", "|---|---|---|---|---|---|---|---|"]
     for m, name in enumerate(names):
         runs = [r[m] for r in results]
         ms = 1000 * sum(r.train_seconds for r in runs) / max(sum(r.steps for r in runs), 1)
         up = sum(a[name][0] for a in accuracies) / len(accuracies)
         rot = sum(a[name][1] for a in accuracies) / len(accuracies)
         final = sum(r.curve[-1][2] for r in runs) / len(runs)
+        pose = sum(a[name][2] for a in accuracies) / len(accuracies)
         lines.append(f"| {name} | {runs[0].params:,} | {ms:.1f} | {cell([time_to(r.curve, 0.90) for r in runs])} | "
                      f"{cell([time_to(r.curve, 0.95) for r in runs])} | {100 * final:.1f}% | "
-                     f"{100 * up:.1f}% / {100 * rot:.1f}% |")
+                     f"{100 * up:.1f}% / {100 * rot:.1f}% | {100 * pose:.1f}% |")
     lines.append("")
-    for t in THRESHOLDS:
-        ratios, steps = [], []
-        for runs in results:
-            a, b = time_to(runs[0].curve, t), time_to(runs[1].curve, t)
-            ratios.append(None if a is None or b is None else a[0] / b[0])
-            steps.append(None if a is None or b is None else a[1] / b[1])
-        known = [r for r in ratios if r is not None]
-        per = ", ".join("—" if r is None else f"{r:.2f}x" for r in ratios)
-        per_steps = ", ".join("—" if r is None else f"{r:.2f}x" for r in steps)
-        if known:
-            lines.append(f"- time to {100 * t:.0f}% identity, GroupConv / Contrastive: **{_median(known):.2f}x** median "
-                         f"(seeds {', '.join(map(str, seeds))}: {per}; in steps: {per_steps})")
-        else:
-            lines.append(f"- time to {100 * t:.0f}% identity: not reached by both methods in any seed")
+    if METHODS["contrastive"] not in names:
+        return "\n".join(lines)
+    base = names.index(METHODS["contrastive"])
+    for m, name in enumerate(names):
+        if m == base:
+            continue
+        short = "GroupConv" if name == METHODS["group_conv"] else name
+        for t in THRESHOLDS:
+            ratios, steps = [], []
+            for runs in results:
+                a, b = time_to(runs[m].curve, t), time_to(runs[base].curve, t)
+                ratios.append(None if a is None or b is None else a[0] / b[0])
+                steps.append(None if a is None or b is None else a[1] / b[1])
+            known = [r for r in ratios if r is not None]
+            per = ", ".join("—" if r is None else f"{r:.2f}x" for r in ratios)
+            per_steps = ", ".join("—" if r is None else f"{r:.2f}x" for r in steps)
+            if known:
+                lines.append(f"- time to {100 * t:.0f}% identity, {short} / Contrastive: **{_median(known):.2f}x** "
+                             f"median (seeds {', '.join(map(str, seeds))}: {per}; in steps: {per_steps})")
+            else:
+                lines.append(f"- time to {100 * t:.0f}% identity, {short} / Contrastive: not reached by both in any seed")
     return "\n".join(lines)
 
 
@@ -305,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup = (f"Fashion-MNIST: training on all {len(train_x)} upright training images; identity metric on "
              f"{s.eval_images} held-out upright test images, accuracy on {s.test_images} other test images, "
              f"rotated by random elements of {group}. Batch {s.batch}, Adam lr {s.lr}, prior weight "
-             f"{s.prior_weight}, contrastive weight {s.contrastive_weight}, τ {1 / s.logit_scale:g}; {s.budget:g} s "
+             f"{s.prior_weight}, contrastive weight {s.contrastive_weight}, artifact weight {s.artifact_weight} "
+             f"(its method only), τ {1 / s.logit_scale:g}; {s.budget:g} s "
              f"of training per method and seed, {len(seeds)} seeds; torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s), {platform.machine()}.")
     title = f"Identity metric vs training time: Fashion-MNIST, {group}, {len(seeds)} seeds"
@@ -314,9 +349,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = f"{setup}\n\n{text}\n\nTotal runtime of the script: {total:.0f} s."
     print(report)
     if out is not None:
-        plot(results, out / "figure2.png", title)
-        (out / "figure2.md").write_text(report + "\n")
-        print(f"\nwrote {out / 'figure2.png'} and {out / 'figure2.md'}")
+        png, md = out / f"{s.output_name}.png", out / f"{s.output_name}.md"
+        plot(results, png, title)
+        md.write_text(report + "\n")
+        print(f"\nwrote {png} and {md}")
 
 
 if __name__ == "__main__":

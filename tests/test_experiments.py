@@ -166,10 +166,24 @@ def test_figure2(fake_data: Path, tmp_path: Path) -> None:
     out = ok(run("figure2", "--data_dir", str(fake_data), "--budget", "0.3", "--output-dir", str(tmp_path)))
     for name in ("GroupConv + prior", "Contrastive + prior"):
         (row,) = rows(out, name)
-        upright, rotated = row[-1].split(" / ")
+        upright, rotated = row[-2].split(" / ")
         assert upright == rotated, row  # both models are invariant: the same accuracy on rotated test images
+        assert 0.0 <= float(row[-1].rstrip("%")) <= 100.0, row  # rotated: the share of poses equal to the rotation
     assert (tmp_path / "figure2.png").stat().st_size > 1000
     assert "time to 90% identity" in (tmp_path / "figure2.md").read_text()
+
+
+def test_figure2_every_method_on_c8(fake_data: Path, tmp_path: Path) -> None:
+    """The four methods race on C(8) and write under --output_name; the artifact method logs its loss weight."""
+    out = ok(run("figure2", "--data_dir", str(fake_data), "--budget", "0.3", "--group", "C8", "--methods",
+                 "[group_conv, contrastive, learn_reference, artifact]", "--output_name", "c8",
+                 "--output-dir", str(tmp_path)))
+    for name in ("GroupConv + prior", "Contrastive + prior", "Contrastive, learnt reference",
+                 "Contrastive + artifact loss"):
+        (row,) = rows(out, name)
+        assert row[-1].endswith("%"), row
+    assert "Contrastive + artifact loss / Contrastive" in out
+    assert (tmp_path / "c8.png").stat().st_size > 1000 and (tmp_path / "c8.md").exists()
 
 
 def test_pose_agreement(fake_data: Path) -> None:
