@@ -18,6 +18,7 @@ upright inputs (the Mahalanobis distance, with a Ledoit–Wolf shrunk covariance
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -38,10 +39,10 @@ from ..errors import (
     format_shape,
     suggest,
 )
-from ..groups import C, D, FiniteGroup, Group, as_group
+from ..groups import O2, SO2, C, D, FiniteGroup, Group, as_group
 from .base import Canonicalization, Canonicalizer, RegistryCase, call_with_typed_errors, register
 from .contrastive import copies_action
-from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy, top_gap
+from .functional import all_transforms, discrete_canonicalize, identity_cross_entropy, nearest_element, top_gap
 
 __all__ = ["TestTime", "ENERGIES", "GaussianDensity", "last_linear"]
 
@@ -249,9 +250,17 @@ class TestTime(Canonicalizer):
     :class:`~equicanon.Canonicalized`, :class:`~equicanon.WeightedCanonicalized` and the metrics take it.
     Inference costs ``|G|`` predictor passes (plus one for the prediction on the canonical form).
 
+    Continuous groups (``SO2()``, ``O2()``, images): the copies are those of the grid ``C(rotations)`` (or
+    ``D(rotations)``); around the best grid element ``h`` the search goes on at ``refine`` turns either side,
+    ``h R(δ_j)`` with ``δ_j = j · step / (2 · refine)`` (``step = 360° / rotations``: out to half a step), and a parabola
+    through the best of these and its two neighbours places the pose between them: ``h R(δ*)``, any angle, for
+    ``rotations + 2·refine`` predictor passes. Equivariant to rounding for the grid's quarter turns (``g·x``
+    has the same copies, turned); elsewhere the pose is off by what the energy's landscape allows
+    (docs/adaptation.md measures it).
+
     Args:
-        group: a finite group with indexed elements (``C(n)``, ``D(n)``; ``Octahedral()`` for 3-D points), or
-            its name.
+        group: a finite group with indexed elements (``C(n)``, ``D(n)``; ``Octahedral()`` for 3-D points),
+            ``SO2()`` / ``O2()`` for images (grid search, then refinement), or its name.
         predictor: the frozen model, ``(N, *) → (N, K)`` outputs (logits for the logit energies).
         energy: ``"typicality"`` (default): the squared Mahalanobis distance of the copy's features to those of
             ``reference`` (:class:`GaussianDensity`); ``"max_logit"`` (−max logit), ``"max_softmax"`` (−max
@@ -281,9 +290,17 @@ class TestTime(Canonicalizer):
             wrong one); ``None``: those of ``reference`` where it is images, else unchecked.
         action: how the group acts on inputs; default ``Image(group)`` for planar groups, ``Points`` for 3-D.
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
+        rotations: ``SO2()`` / ``O2()`` only: the grid ``C(rotations)`` / ``D(rotations)`` searched first
+            (default 16, 22.5° apart; a multiple of 4 keeps the quarter turns exact).
+        refine: ``SO2()`` / ``O2()`` only: refinement turns either side of the best grid element (default 4;
+            0: the grid's poses, then refined by the parabola alone).
         check_inputs: refuse inputs holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
-    Result extras: ``energies`` ``(B, |G|)``; ``gated`` ``(B,)`` bool with a gate.
+    Result extras: ``energies`` ``(B, |G|)`` (continuous groups: of the grid's copies); ``gated`` ``(B,)`` bool
+    with a gate. Continuous groups also: ``coarse`` ``(B,)`` the best grid element, ``residual`` ``(B,)`` the
+    refinement turn ``δ*`` in radians, ``refined_energies`` ``(B, 2·refine + 1)`` at ``δ_{-refine..refine}``,
+    ``grid_logits`` ``(B, |grid|)``; ``pose`` is ``(B, 2, 2)`` and ``logits`` is ``None`` (a continuous pose has
+    no logit per element).
 
     Exactness: as for :class:`~equicanon.canonicalizers.Contrastive`, invariance is exact when the copies are
     exact index permutations of the input (quarter turns, flips) and the predictor gives bit-identical outputs
@@ -306,16 +323,34 @@ class TestTime(Canonicalizer):
                  reference: object = None, features: str | nn.Module | None = None, feature_side: str | None = None,
                  shrinkage: float | None = None, gate: float | None = None, temperature: float = 1.0,
                  inputs_per_call: int | None = None, in_channels: int | None = None, action: Action | None = None,
-                 padding: str = "zeros", spatial: bool = False, check_inputs: bool = True) -> None:
+                 padding: str = "zeros", spatial: bool = False, rotations: int = 16, refine: int = 4,
+                 check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
-        group = as_group(group, where=lambda g: g.is_indexed, what="TestTime: group",
-                         expected="a finite group whose copies it can score one by one (C(n), D(n), Octahedral(), ...)")
-        self.group: FiniteGroup = cast(FiniteGroup, group)
+        group = as_group(group, where=lambda g: g.is_indexed or isinstance(g, (SO2, O2)), what="TestTime: group",
+                         expected="a finite group whose copies it can score one by one (C(n), D(n), Octahedral(), ...), "
+                                  "or SO2() / O2() for images (a grid of turns, then refined)")
+        self.group: Group = group
         if not isinstance(predictor, nn.Module):
             raise ConfigError(f"TestTime: predictor must be an nn.Module, got {type(predictor).__name__}")
         self.predictor = predictor
+        self.rotations = check_positive_int(rotations, "rotations")
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ConfigError(f"refine must be a whole number of turns >= 0, got {refine!r}")
+        self.refine = refine
+        #: the finite group whose copies are scored: the group itself, or the grid of a continuous one
+        self.grid: FiniteGroup
+        if group.is_indexed:
+            self.grid = cast(FiniteGroup, group)
+            if rotations != 16 or refine != 4:
+                raise ConfigError(f"rotations and refine are for SO2() / O2(); {group} poses are its elements: "
+                                  "leave them unset")
+        else:
+            if action is not None and not isinstance(action, Image):
+                raise ConfigError(f"TestTime: {group} poses are found for images; action must be an Image action")
+            self.grid = D(self.rotations) if group.has_reflections else C(self.rotations)
         action = copies_action(group, action, padding, "TestTime")
         self.action = action
+        self.grid_action = action if group.is_indexed else Image(self.grid, padding=padding)
         if isinstance(energy, str):
             if energy not in ENERGIES:
                 raise ConfigError(f"TestTime: unknown energy {energy!r}; names: {', '.join(ENERGIES)}"
@@ -449,7 +484,7 @@ class TestTime(Canonicalizer):
                 check_shape(b, "B C H W", "reference", **fixed)
             if self.in_channels is None:
                 self.in_channels = int(batches[0].shape[1])
-        step = 256 if self.inputs_per_call is None else max(self.inputs_per_call * self.group.order, 1)
+        step = 256 if self.inputs_per_call is None else max(self.inputs_per_call * self.grid.order, 1)
         device = self.threshold.device
         passes = []  # (outputs, features) of every chunk: one predictor pass serves the density and the gate
         for b in batches:
@@ -474,30 +509,93 @@ class TestTime(Canonicalizer):
         if isinstance(self.action, Image):
             fixed = {} if self.in_channels is None else {"C": self.in_channels}
             check_shape(x, "B C H W", "x", **fixed)
-        copies = all_transforms(self.group, self.action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
-        b, k = copies.shape[:2]
-        step = max(b, 1) if self.inputs_per_call is None else self.inputs_per_call
-        energies = torch.cat([self.energies(copies[i:i + step].flatten(0, 1)) for i in range(0, b, step)]
-                             or [torch.empty(0, dtype=torch.float64, device=x.device)]).reshape(b, k)
-        logits = (-energies / self.temperature).to(x.dtype if x.dtype.is_floating_point else torch.float32)
+        copies = all_transforms(self.grid, self.grid_action, x)  # (B, |G|, *): entry k is g_k⁻¹·x
+        energies = self._energies_of_copies(copies)
+        logits = (-energies / self.temperature).to(x.dtype)
         extras: dict[str, torch.Tensor] = {"energies": energies}
+        gated = None
         if self.gate is not None:
             if self.threshold.numel() == 0:
                 raise ConfigError("TestTime: gate= needs a fitted threshold; call fit(reference) first")
             gated = energies[:, 0] <= self.threshold.to(energies)
             # the identity wins where the input itself is typical: its logit is raised above every other
             top = logits.detach().amax(dim=1)
-            logits = torch.where(gated[:, None] & (torch.arange(k, device=x.device) == 0), top[:, None] + 1, logits)
+            first = torch.arange(logits.shape[1], device=x.device) == 0
+            logits = torch.where(gated[:, None] & first, top[:, None] + 1, logits)
             extras["gated"] = gated
-        canonical, pose = discrete_canonicalize(x, logits, self.group, self.action, copies=copies)
+        if not self.group.is_indexed:
+            return self._refined(x, logits, extras, gated)
+        canonical, pose = discrete_canonicalize(x, logits, self.grid, self.action, copies=copies)
         return Canonicalization(canonical, pose, self.group, logits=logits, extras=extras, margin=top_gap(logits))
 
+    def _energies_of_copies(self, copies: torch.Tensor) -> torch.Tensor:
+        """Energies ``(B, K)`` of copies ``(B, K, *)``, ``inputs_per_call`` inputs' copies per predictor call."""
+        b, k = copies.shape[:2]
+        step = max(b, 1) if self.inputs_per_call is None else self.inputs_per_call
+        return torch.cat([self.energies(copies[i:i + step].flatten(0, 1)) for i in range(0, b, step)]
+                         or [torch.empty(0, dtype=torch.float64, device=copies.device)]).reshape(b, k)
+
+    def _refined(self, x: torch.Tensor, logits: torch.Tensor, extras: dict[str, torch.Tensor],
+                 gated: torch.Tensor | None) -> Canonicalization:
+        """SO2()/O2(): the best grid element ``h``, then ``h R(δ)`` at ``2·refine + 1`` turns around it and a
+        parabola through the best three: poses ``(B, 2, 2)``."""
+        b, r = x.shape[0], self.refine
+        coarse = logits.argmax(dim=1)
+        spacing = 2 * math.pi / self.rotations / (2 * max(r, 1))  # out to half a grid step either side
+        offsets = spacing * torch.arange(-r, r + 1, device=x.device, dtype=torch.float64)  # (2r + 1,)
+        h = self.grid.matrix(coarse, dtype=torch.float64)  # (B, 2, 2)
+        turns = SO2().from_angle(offsets)  # (2r + 1, 2, 2)
+        candidates = h[:, None] @ turns[None]  # (B, 2r + 1, 2, 2): h R(δ_j)
+        if r > 0:
+            poses = self.group.inverse(candidates.flatten(0, 1)).to(x.dtype)
+            views = self.action(poses, x.repeat_interleave(2 * r + 1, dim=0))
+            refined = self._energies_of_copies(views.reshape(b, 2 * r + 1, *x.shape[1:]))
+            refined[:, r] = extras["energies"].gather(1, coarse[:, None])[:, 0]  # δ_0 = 0 is the grid copy itself
+        else:
+            refined = extras["energies"].gather(1, coarse[:, None])
+        # a parabola through three neighbouring offsets around the best (at an end of the refinement the three
+        # innermost; refine = 0: the grid's neighbours, a step away); the pose stays within half a spacing of the
+        # best offset
+        best = refined.argmin(dim=1)
+        if r > 0:
+            middle = best.clamp(min(1, 2 * r), max(2 * r - 1, 0))
+            lower, centre, upper = (refined.gather(1, (middle + d).clamp(0, 2 * r)[:, None])[:, 0] for d in (-1, 0, 1))
+            unit = spacing
+        else:
+            n = self.rotations
+            steps = self.grid.elements(device=x.device)[[1, n - 1]]  # one grid step either way, R(±step)
+            middle = best
+            centre = refined[:, 0]
+            lower = extras["energies"].gather(1, self.grid.compose(coarse, steps[1].expand_as(coarse))[:, None])[:, 0]
+            upper = extras["energies"].gather(1, self.grid.compose(coarse, steps[0].expand_as(coarse))[:, None])[:, 0]
+            unit = 2 * math.pi / n
+        curvature = lower + upper - 2 * centre
+        fit = curvature > 0
+        vertex = torch.where(fit, 0.5 * (lower - upper) / torch.where(fit, curvature, torch.ones_like(curvature)),
+                             (best - middle).to(centre.dtype))
+        shift = (vertex - (best - middle).to(vertex.dtype)).clamp(-0.5, 0.5)  # relative to the best offset
+        delta = offsets[best] + shift * unit
+        if gated is not None:
+            delta = torch.where(gated, torch.zeros_like(delta), delta)
+        pose = (h @ SO2().from_angle(delta)).to(x.dtype)
+        canonical = self.action(self.group.inverse(pose), x)  # one interpolation of the input
+        extras.update(coarse=coarse, residual=delta, refined_energies=refined, grid_logits=logits)
+        return Canonicalization(canonical, pose, self.group, logits=None, extras=extras, margin=top_gap(logits))
+
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy of the logits ``−energy / τ`` against the identity (``target`` indices instead): how far
-        the poses are from upright, for monitoring. TestTime has nothing to train, so it carries no gradient."""
-        if result.logits is None:
-            raise ConfigError("prior_loss needs a result with logits (from a discrete canonicalizer)")
-        return identity_cross_entropy(result.logits, target)
+        """Cross-entropy of the logits ``−energy / τ`` against the identity (``target`` indices instead; SO2()/O2():
+        the grid's logits against the grid element nearest the identity or the ``target`` matrices ``(B, 2, 2)``):
+        how far the poses are from upright, for monitoring. TestTime has nothing to train: no gradient."""
+        logits = result.logits if result.logits is not None else result.extras.get("grid_logits")
+        if logits is None:
+            raise ConfigError("prior_loss needs a result with logits (from a discrete canonicalizer) or, for SO2()/O2(), "
+                              "a TestTime result (extras['grid_logits'])")
+        if result.logits is None and target is not None:
+            if target.shape != (logits.shape[0], 2, 2):
+                raise ShapeError(f"prior target: expected {logits.shape[0]} matrices, shape ({logits.shape[0]}, 2, 2), "
+                                 f"got {format_shape(target.shape)}")
+            target = nearest_element(self.grid, target.to(device=logits.device, dtype=torch.float64))
+        return identity_cross_entropy(logits, target)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # a gate not fitted yet takes the saved threshold's shape
@@ -509,6 +607,8 @@ class TestTime(Canonicalizer):
     def extra_repr(self) -> str:
         energy = self.energy if isinstance(self.energy, str) else getattr(self.energy, "__name__", "callable")
         parts = [f"group={self.group!r}", f"energy={energy!r}", f"temperature={self.temperature:g}"]
+        if not self.group.is_indexed:
+            parts.append(f"rotations={self.rotations}, refine={self.refine}")
         if self.gate is not None:
             parts.append(f"gate={self.gate:g}")
         if self.inputs_per_call is not None:
@@ -538,6 +638,7 @@ def _cases() -> list[RegistryCase]:
     cases.append(RegistryCase("C(4) max_logit", lambda: TestTime(C(4), _TinyClassifier(), energy="max_logit",
                                                                  in_channels=3), image))
     cases.append(RegistryCase("C(8) typicality", partial(_typical, C(8)), image, exact=False))
+    cases += [RegistryCase(f"{g} typicality", partial(_typical, g), image, exact=False) for g in (SO2(), O2())]
     return cases
 
 
