@@ -98,7 +98,12 @@ class Fashion:
 @dataclass
 class Photos:
     """Part 3. ``crops_per_photo`` evaluation crops (min side ``min_scale``), ``reference_crops`` per photo for the
-    typicality (another generator, ``reference_scale``), ``groups`` scored."""
+    typicality (another generator, ``reference_scale``), ``groups`` scored with each of ``energies``. Then, with
+    ``distill_steps > 0``, two GroupConv(C8) canonicalizers (experiment 2's ``canonicalizer`` settings) trained
+    for ``distill_steps`` of ``distill_batch`` on ``train_crops`` unlabelled upright crops per photo (a third
+    generator) at ``distill_size`` px: the identity prior on crops moved by random C8 elements (experiment 2's
+    "C8 moved") and the model-driven prior, whose teacher is ``TestTime(C8, typicality)`` on the same crops at
+    ``distill_size`` px (the reference crops at that size too; 224 px would cost 10x the teacher's time)."""
 
     enabled: bool = True
     photos: list[str] = field(default_factory=lambda: ["astronaut", "chelsea", "coffee", "rocket", "motorcycle",
@@ -110,7 +115,15 @@ class Photos:
     size: int = 224
     batch: int = 24
     groups: list[str] = field(default_factory=lambda: ["C4", "C8"])
-    energies: list[str] = field(default_factory=lambda: ["typicality", "max_logit"])
+    energies: list[str] = field(default_factory=lambda: list(ENERGIES))
+    distill_steps: int = 300
+    distill_batch: int = 16
+    distill_size: int = 112
+    train_crops: int = 24
+    lr: float = 2e-3
+    prior_weight: float = 100.0
+    canonicalizer: dict[str, Any] = field(default_factory=lambda: {
+        "crop": 0.8, "resize": 48, "hidden": 8, "layers": 3, "kernel_size": 5, "pool": True, "pool_above": 0})
 
 
 @dataclass
@@ -396,12 +409,30 @@ def photos(s: Settings, say: Callable[[str], None]) -> dict[str, Any]:
             key = f"TestTime({name}, {energy})"
             results[key] = agreement(ec.Canonicalized(predictor, canon))
             say(f"{key}: {results[key]['agreement']}")
+    if p.distill_steps > 0:
+        train, _ = random_crops(pics, p.train_crops, p.distill_size, p.reference_scale,
+                                torch.Generator().manual_seed(s.seed + 2))
+        small_reference, _ = random_crops(pics, p.reference_crops, p.distill_size, p.reference_scale,
+                                          torch.Generator().manual_seed(s.seed + 1))
+        for key, prior, transform in (("identity prior, crops moved by C8 (experiment 2's C8 moved)", "identity",
+                                       "group"),
+                                      ("model prior (distilled TestTime(C8, typicality))", "model", "group")):
+            tick = time.perf_counter()
+            torch.manual_seed(s.seed)
+            canon = ec.canonicalizers.create("group_conv", group=ec.C(8), in_channels=3, **p.canonicalizer)
+            model = ec.adapt_pretrained(predictor, ec.C(8), canonicalizer=canon, data=train, steps=p.distill_steps,
+                                        batch_size=p.distill_batch, lr=p.lr, prior_weight=p.prior_weight,
+                                        transform=transform, seed=s.seed, prior=prior,
+                                        reference=small_reference if prior == "model" else None)
+            results[key] = agreement(model)
+            results[key]["training_seconds"] = time.perf_counter() - tick
+            say(f"{key}: {results[key]['agreement']} ({results[key]['training_seconds']:.0f} s with training)")
     plain = results["plain"]["seconds_per_input"]
     lines = [f"Photos: {len(images)} evaluation crops, typicality fitted on {len(reference)} other upright crops; "
              "agreement (%) with the label of the upright crop", "",
              "| model | upright | 90°, 180°, 270° | 45°, 135°, 225°, 315° | inference cost |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['upright']:.1f} | {v['quarter_turns']:.1f} | {v['odd_45']:.1f} | "
-              f"{v['seconds_per_input'] / plain:.1f}x |" for k, v in results.items()]
+              f"{v['seconds_per_input'] / plain:.1f}x |" for k, v in results.items() if isinstance(v, dict)]
     say("\n".join(lines) + "\n")
     results["table"] = "\n".join(lines)
     return results
