@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeAlias, cast
 
 import torch
 from torch import nn
 
-from .actions import Action, Image, Trivial
-from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_typed_errors
+from .actions import Action, Image
+from .actions.structured import apply_action, as_output_action, flatten, unflatten
+from .canonicalizers.base import Canonicalizer, call_with_typed_errors
 from .canonicalizers.functional import explained, sample_categorical, top_k_weights
 from .errors import (
     ConfigError,
@@ -40,6 +41,52 @@ def _check_actions(owner: str, group: Group, **actions: Action) -> None:
             raise GroupMismatchError(f"{owner}: the {name} action {action!r} uses {action.group}")
 
 
+#: what a wrapper's ``output=`` takes: one action for the whole prediction, or one per key / position
+OutputSpec = Action | Mapping[str, Action] | Sequence[Action] | None
+
+#: how averaging wrappers merge the predictions of the copies (:class:`GroupAveraged`, :class:`FrameAveraged`)
+MERGES = ("mean", "softmax", "geometric", "max")
+
+
+def _keyword_actions(keyword_actions: Mapping[str, Action] | None, group: Group, owner: str) -> dict[str, Action]:
+    """``keyword_actions`` checked: names of the predictor's keyword arguments that live on the input grid and the
+    actions that move them."""
+    if keyword_actions is None:
+        return {}
+    if not isinstance(keyword_actions, Mapping):
+        raise ConfigError(f"{owner}: keyword_actions must be a dict {{name: action}}, got {type(keyword_actions).__name__}")
+    for name, action in keyword_actions.items():
+        if not isinstance(name, str) or not isinstance(action, Action):
+            raise ConfigError(f"{owner}: keyword_actions maps keyword names to equicanon Actions, got "
+                              f"{name!r}: {type(action).__name__}")
+        if action.group is not None and action.group != group:
+            raise GroupMismatchError(f"{owner}: the action {action!r} of keyword {name!r} uses {action.group}, not {group}")
+    return dict(keyword_actions)
+
+
+def _copy_kwargs(owner: nn.Module, kwargs: Mapping[str, Any], batch: int, copies: int,
+                 inverse: torch.Tensor) -> dict[str, Any]:
+    """The predictor's keyword arguments for ``copies`` copies of a batch of ``batch`` inputs, stacked element-major
+    (rows ``j·batch … (j+1)·batch − 1`` are copy ``j``), moved by the elements ``inverse`` ``(copies·batch, *)``.
+
+    A tensor with ``batch`` rows is per input: repeated like the inputs, and, if ``owner.keyword_actions`` names
+    it, moved by its action as the inputs are. Anything else is passed as it is."""
+    moved: dict[str, Any] = {}
+    actions: dict[str, Action] = getattr(owner, "keyword_actions", {})
+    for name, value in kwargs.items():
+        per_input = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch
+        if name in actions and not per_input:
+            got = format_shape(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ShapeError(f"keyword argument {name!r} moves with the input ({actions[name]!r}): expected a tensor "
+                             f"with one row per input ({batch}), got {got}")
+        if per_input:
+            value = value.repeat(copies, *([1] * (value.ndim - 1))) if copies > 1 else value
+            if name in actions:
+                value = actions[name](inverse, value)
+        moved[name] = value
+    return moved
+
+
 class Canonicalized(nn.Module):
     """``f(x) = h(x) ⋆ p(h(x)⁻¹·x)``: any predictor ``p`` made equivariant by a canonicalizer.
 
@@ -51,7 +98,12 @@ class Canonicalized(nn.Module):
             or :class:`~equicanon.actions.Image` for dense outputs (segmentation masks,
             heatmaps: mapped back by the pose), :class:`~equicanon.actions.Vectors` or
             :class:`~equicanon.actions.Points` for vector outputs. Its group must be the
-            canonicalizer's.
+            canonicalizer's. Predictors that return a tuple, dict or dataclass: one action for every
+            tensor in it, or a dict ``{key: action}`` (a list ``[action, ...]`` for tuples) with one per part
+            (:class:`~equicanon.actions.Structured`); the prediction keeps its structure.
+        keyword_actions: ``{name: action}`` for keyword arguments of the predictor that live on the input grid
+            (padding masks, dense side inputs): they are moved with ``x``, ``action(pose⁻¹, value)``. Other
+            keyword arguments of :meth:`forward` reach the predictor as they are.
 
     Example:
         >>> import torch, equicanon as ec
@@ -69,13 +121,15 @@ class Canonicalized(nn.Module):
         random group elements to the task loss (:func:`equicanon.training.fit` loops over it).
     """
 
-    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None) -> None:
+    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: OutputSpec = None, *,
+                 keyword_actions: Mapping[str, Action] | None = None) -> None:
         super().__init__()
         _check_module(predictor, "predictor")
         if not isinstance(canonicalizer, Canonicalizer):
             raise ConfigError(f"canonicalizer must be an equicanon Canonicalizer, got {type(canonicalizer).__name__}")
-        self.output = Trivial() if output is None else output
+        self.output = as_output_action(output)
         canonicalizer.check_action(self.output)
+        self.keyword_actions = _keyword_actions(keyword_actions, canonicalizer.group, type(self).__name__)
         self.predictor = predictor
         self.canonicalizer = canonicalizer
 
@@ -84,16 +138,18 @@ class Canonicalized(nn.Module):
         """The group the model is equivariant to."""
         return self.canonicalizer.group
 
-    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
-        """Predict on ``x``; with ``return_canonicalization`` also return the :class:`Canonicalization`."""
+    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False, **kwargs: Any) -> Any:
+        """Predict on ``x``; with ``return_canonicalization`` also return the :class:`Canonicalization`. Keyword
+        arguments go to the predictor (those in ``keyword_actions`` canonicalized with ``x``)."""
         result = self.canonicalizer(x)
-        out = self._predict(result.canonical, result.pose)
+        out = self._predict(result.canonical, result.pose, kwargs)
         return (out, result) if return_canonicalization else out
 
-    def _predict(self, canonical: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        """``pose ⋆ predictor(canonical)``: predictions on canonical inputs ``(N, *)``, moved back by their poses ``(N,)``."""
-        return self.output(pose, call_with_typed_errors(self.predictor, self.predictor, canonical))
+    def _predict(self, canonical: torch.Tensor, pose: torch.Tensor, kwargs: Mapping[str, Any] | None = None) -> Any:
+        """``pose ⋆ predictor(canonical, **kwargs)``: predictions on canonical inputs ``(N, *)``, moved back by their
+        poses ``(N, *)``."""
+        kw = _copy_kwargs(self, kwargs or {}, canonical.shape[0], 1, self.group.inverse(pose)) if kwargs else {}
+        return apply_action(self.output, pose, call_with_typed_errors(self.predictor, self.predictor, canonical, **kw))
 
 
 def _candidates(model: Canonicalized, top_k: bool) -> int | None:
@@ -128,13 +184,20 @@ def _check_logits(logits: torch.Tensor, order: int, group: Group) -> None:
                          f"got {format_shape(logits.shape)}")
 
 
-def _pose_predictions(model: Canonicalized | GroupAveraged, action: Action, x: torch.Tensor, poses: torch.Tensor,
-                      elements_per_call: int | None, otherwise: str | None) -> Iterator[tuple[slice, torch.Tensor]]:
+Leaves = list[torch.Tensor]
+#: the wrappers that run their predictor on several copies of the batch
+Wrapper: TypeAlias = "Canonicalized | GroupAveraged | FrameAveraged"
+
+
+def _pose_predictions(model: Wrapper, action: Action, x: torch.Tensor, poses: torch.Tensor,
+                      elements_per_call: int | None, otherwise: str | None, kwargs: Mapping[str, Any]
+                      ) -> Iterator[tuple[slice, Leaves, Any]]:
     """``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` (indices or matrices), ``elements_per_call`` columns at a time
     (``None``: all ``k``):
     ``model``'s predictor on the inputs moved by ``action``, its predictions moved back by ``model.output``.
 
-    Yields ``(columns, mapped)``: the chunk's columns of ``poses`` and its mapped predictions ``(m, B, *)``,
+    Yields ``(columns, leaves, tree)``: the chunk's columns of ``poses``, the tensors of its mapped predictions,
+    each ``(m, B, *)`` (:func:`~equicanon.actions.structured.flatten`), and how to rebuild a prediction from them;
     one predictor call on ``m·B`` copies (column-major: the chunk's ``j``, each for every input; only this
     chunk's copies exist at a time). Predictions must be floating (they are averaged), else a DTypeError
     ending in ``otherwise`` (``None``: not checked).
@@ -146,13 +209,17 @@ def _pose_predictions(model: Canonicalized | GroupAveraged, action: Action, x: t
         m = columns.stop - start
         chunk = poses[:, columns].transpose(0, 1).reshape(m * b, *poses.shape[2:])
         copies = x.repeat(m, *([1] * (x.ndim - 1)))
-        canonical = explained(action, group, group.inverse(chunk), copies, x)
-        mapped = model.output(chunk, call_with_typed_errors(model.predictor, model.predictor, canonical))
-        if otherwise is not None and not mapped.is_floating_point():
-            raise DTypeError(f"{type(model).__name__} averages predictions, but the predictor (through "
-                             f"{model.output!r}) gave dtype {mapped.dtype}; predict floating scores (e.g. logits "
-                             f"with actions.Image instead of labels with actions.Mask), or {otherwise}")
-        yield columns, mapped.reshape(m, b, *mapped.shape[1:])
+        inverse = group.inverse(chunk)
+        canonical = explained(action, group, inverse, copies, x)
+        kw = _copy_kwargs(model, kwargs, b, m, inverse) if kwargs else {}
+        pred = call_with_typed_errors(model.predictor, model.predictor, canonical, **kw)
+        leaves, tree = flatten(apply_action(model.output, chunk, pred))
+        for leaf in leaves:
+            if otherwise is not None and not leaf.is_floating_point():
+                raise DTypeError(f"{type(model).__name__} averages predictions, but the predictor (through "
+                                 f"{model.output!r}) gave dtype {leaf.dtype}; predict floating scores (e.g. logits "
+                                 f"with actions.Image instead of labels with actions.Mask), or {otherwise}")
+        yield columns, [leaf.reshape(m, b, *leaf.shape[1:]) for leaf in leaves], tree
 
 
 def _broadcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -160,26 +227,46 @@ def _broadcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weights.T.to(like.dtype).reshape(*weights.T.shape, *([1] * (like.ndim - 2)))
 
 
-def _summed(model: Canonicalized | GroupAveraged, action: Action, x: torch.Tensor, poses: torch.Tensor,
-            elements_per_call: int | None, otherwise: str | None) -> torch.Tensor:
-    """``Σ_j g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)``: ``(B, *)``, unweighted (see :func:`_pose_predictions`)."""
-    total: torch.Tensor | None = None
-    for _, mapped in _pose_predictions(model, action, x, poses, elements_per_call, otherwise):
-        part = mapped.sum(dim=0)
-        total = part if total is None else total + part
+def _merged(model: Wrapper, action: Action, x: torch.Tensor, poses: torch.Tensor, elements_per_call: int | None,
+            otherwise: str | None, kwargs: Mapping[str, Any], merge: str = "sum") -> Any:
+    """The predictions ``g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` merged over ``j``, tensor by tensor: ``"sum"``
+    (unweighted), ``"mean"``, ``"softmax"`` (mean of the softmax over the last axis), ``"geometric"`` (softmax of the
+    mean log-softmax: the normalised geometric mean of the probabilities) or ``"max"`` (see
+    :func:`_pose_predictions`)."""
+    k = poses.shape[1]
+    total: Leaves | None = None
+    tree: Any = None
+    for _, leaves, tree in _pose_predictions(model, action, x, poses, elements_per_call, otherwise, kwargs):  # noqa: B007
+        if merge == "max":
+            parts = [leaf.amax(dim=0) for leaf in leaves]
+            total = parts if total is None else [torch.maximum(a, b) for a, b in zip(total, parts, strict=True)]
+            continue
+        if merge == "softmax":
+            leaves = [leaf.softmax(dim=-1) for leaf in leaves]
+        elif merge == "geometric":
+            leaves = [leaf.log_softmax(dim=-1) for leaf in leaves]
+        parts = [leaf.sum(dim=0) for leaf in leaves]
+        total = parts if total is None else [a + b for a, b in zip(total, parts, strict=True)]
     assert total is not None  # k >= 1
-    return total
+    if merge in ("mean", "softmax"):
+        total = [t / k for t in total]
+    elif merge == "geometric":
+        total = [(t / k).softmax(dim=-1) for t in total]
+    return unflatten(tree, total)
 
 
 def _weighted_sum(model: Canonicalized, x: torch.Tensor, poses: torch.Tensor, weights: torch.Tensor,
-                  elements_per_call: int | None, otherwise: str) -> torch.Tensor:
-    """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` and weights ``(B, k)``: ``(B, *)``."""
-    total: torch.Tensor | None = None
-    for columns, mapped in _pose_predictions(model, model.canonicalizer.action, x, poses, elements_per_call, otherwise):
-        part = (_broadcast(weights[:, columns], mapped) * mapped).sum(dim=0)
-        total = part if total is None else total + part
+                  elements_per_call: int | None, otherwise: str, kwargs: Mapping[str, Any]) -> Any:
+    """``Σ_j w_j · g_j ⋆ p(g_j⁻¹·x)`` for poses ``(B, k, *)`` and weights ``(B, k)``: ``(B, *)`` (tensor by tensor
+    for structured predictions)."""
+    total: Leaves | None = None
+    tree: Any = None
+    for columns, leaves, tree in _pose_predictions(model, model.canonicalizer.action, x, poses,  # noqa: B007
+                                                   elements_per_call, otherwise, kwargs):
+        parts = [(_broadcast(weights[:, columns], leaf) * leaf).sum(dim=0) for leaf in leaves]
+        total = parts if total is None else [a + b for a, b in zip(total, parts, strict=True)]
     assert total is not None  # k >= 1
-    return total
+    return unflatten(tree, total)
 
 
 class WeightedCanonicalized(Canonicalized):
@@ -244,9 +331,10 @@ class WeightedCanonicalized(Canonicalized):
         (torch.Size([2, 2]), True)
     """
 
-    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None, *,
-                 top_k: int, temperature: float = 1.0, elements_per_call: int | None = None) -> None:
-        super().__init__(predictor, canonicalizer, output)
+    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: OutputSpec = None, *,
+                 top_k: int, temperature: float = 1.0, elements_per_call: int | None = None,
+                 keyword_actions: Mapping[str, Action] | None = None) -> None:
+        super().__init__(predictor, canonicalizer, output, keyword_actions=keyword_actions)
         self.order = cast(int, _candidates(self, top_k=True))
         self.top_k = check_positive_int(top_k, "top_k")
         if self.top_k > self.order:
@@ -275,16 +363,16 @@ class WeightedCanonicalized(Canonicalized):
         (:meth:`~equicanon.canonicalizers.Canonicalizer.weighted_poses`)."""
         return self.canonicalizer.weighted_poses(x, self.canonicalizer(x), self.top_k, self.temperature)
 
-    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
+    def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False, **kwargs: Any) -> Any:
         """Predict on ``x: (B, *)``; with ``return_canonicalization`` also return the canonicalizer's
-        :class:`Canonicalization` (its ``pose`` is the best of the ``k``)."""
+        :class:`Canonicalization` (its ``pose`` is the best of the ``k``). Keyword arguments go to the predictor,
+        per-input tensors repeated for the ``k`` copies (those in ``keyword_actions`` moved with them)."""
         result = self.canonicalizer(x)
         if self.top_k == 1:
-            out = self._predict(result.canonical, result.pose)
+            out = self._predict(result.canonical, result.pose, kwargs)
             return (out, result) if return_canonicalization else out
         poses, weights = self.canonicalizer.weighted_poses(x, result, self.top_k, self.temperature)
-        total = _weighted_sum(self, x, poses, weights, self.elements_per_call, "use top_k=1")
+        total = _weighted_sum(self, x, poses, weights, self.elements_per_call, "use top_k=1", kwargs)
         return (total, result) if return_canonicalization else total
 
 
@@ -382,10 +470,10 @@ class Symmetrized(Canonicalized):
         True
     """
 
-    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: Action | None = None, *,
+    def __init__(self, predictor: nn.Module, canonicalizer: Canonicalizer, output: OutputSpec = None, *,
                  samples: int, temperature: float = 1.0, elements_per_call: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__(predictor, canonicalizer, output)
+                 generator: torch.Generator | None = None, keyword_actions: Mapping[str, Action] | None = None) -> None:
+        super().__init__(predictor, canonicalizer, output, keyword_actions=keyword_actions)
         self.order = _candidates(self, top_k=False)  # None: a continuous distribution (no finite support)
         self.samples = check_positive_int(samples, "samples")
         self.temperature = _check_temperature(temperature, "uniform sampling")
@@ -428,48 +516,55 @@ class Symmetrized(Canonicalized):
         _check_logits(logits, self.order, self.group)
 
     def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor | tuple[torch.Tensor, Canonicalization]:
+                generator: torch.Generator | None = None, **kwargs: Any) -> Any:
         """A ``samples``-draw estimate ``(B, *)`` of :meth:`expected` for ``x: (B, *)``, carrying the score-function
         surrogate (see the class); ``generator`` overrides the model's for this call. With
         ``return_canonicalization`` also the canonicalizer's :class:`Canonicalization` (its ``pose`` is the argmax,
-        not a draw)."""
+        not a draw). Keyword arguments go to the predictor, per-input tensors repeated for the draws (those in
+        ``keyword_actions`` moved with them); structured predictions are estimated tensor by tensor."""
         result = self.canonicalizer(x)
         gen = _check_generator(generator) or self.generator
         poses, log_p = self.canonicalizer.sampled_poses(x, result, self.samples, self.temperature, gen)
         k = self.samples
+        otherwise = "use samples=1" if k > 1 else None
         if log_p is None:  # reparameterized draws: the poses carry pathwise gradients, the mean is the estimate
-            total = _summed(self, self.canonicalizer.action, x, poses, self.elements_per_call,
-                            "use samples=1" if k > 1 else None)
-            out = total if k == 1 else total / k
+            out = _merged(self, self.canonicalizer.action, x, poses, self.elements_per_call, otherwise, kwargs,
+                          "sum" if k == 1 else "mean")
             return (out, result) if return_canonicalization else out
         score = log_p / k
         score = score - score.detach()  # exactly 0, gradient ∇ log p(h_j|x) / k
-        sums: list[torch.Tensor] = []  # Σ_j y_j, Σ_j c_j ⊥y_j, Σ_j c_j, Σ_j ⊥y_j (c_j: the score terms)
-        for columns, mapped in _pose_predictions(self, self.canonicalizer.action, x, poses, self.elements_per_call,
-                                                 "use samples=1" if k > 1 else None):
-            if not mapped.is_floating_point():  # samples = 1: a drawn label, nothing to differentiate
-                out = mapped[0]
+        sums: list[list[torch.Tensor]] = []  # per tensor: Σ_j y_j, Σ_j c_j ⊥y_j, Σ_j c_j, Σ_j ⊥y_j (c_j: score terms)
+        tree: Any = None
+        for columns, leaves, tree in _pose_predictions(self, self.canonicalizer.action, x, poses,
+                                                       self.elements_per_call, otherwise, kwargs):
+            if not all(leaf.is_floating_point() for leaf in leaves):  # samples = 1: drawn labels, nothing to differentiate
+                out = unflatten(tree, [leaf[0] for leaf in leaves])
                 return (out, result) if return_canonicalization else out
-            c, y = _broadcast(score[:, columns], mapped), mapped.detach()
-            parts = [mapped.sum(dim=0), (c * y).sum(dim=0), c.sum(dim=0), y.sum(dim=0)]
-            sums = parts if not sums else [a + b for a, b in zip(sums, parts, strict=True)]
-        total, score_y, score_sum, y_sum = sums
-        if k == 1:
-            out = total + score_y
-        else:  # Σ_j c_j (y_j − b_j) with b_j = (Σ_i y_i − y_j) / (k − 1)
-            out = total / k + (k / (k - 1)) * score_y - y_sum * (score_sum / (k - 1))
+            parts = []
+            for leaf in leaves:
+                c, y = _broadcast(score[:, columns], leaf), leaf.detach()
+                parts.append([leaf.sum(dim=0), (c * y).sum(dim=0), c.sum(dim=0), y.sum(dim=0)])
+            sums = parts if not sums else [[a + b for a, b in zip(old, new, strict=True)]
+                                           for old, new in zip(sums, parts, strict=True)]
+        estimates = []
+        for total, score_y, score_sum, y_sum in sums:
+            if k == 1:
+                estimates.append(total + score_y)
+            else:  # Σ_j c_j (y_j − b_j) with b_j = (Σ_i y_i − y_j) / (k − 1)
+                estimates.append(total / k + (k / (k - 1)) * score_y - y_sum * (score_sum / (k - 1)))
+        out = unflatten(tree, estimates)
         return (out, result) if return_canonicalization else out
 
-    def expected(self, x: torch.Tensor) -> torch.Tensor:
+    def expected(self, x: torch.Tensor, **kwargs: Any) -> Any:
         """The exact expectation ``Σ_h p(h|x) · h ⋆ p(h⁻¹·x)`` ``(B, *)`` for ``x: (B, *)``: all ``|G|`` poses,
         ``elements_per_call`` at a time; deterministic, exactly equivariant, and differentiable in the logits
-        (the gradient the sampled estimate's surrogate estimates)."""
+        (the gradient the sampled estimate's surrogate estimates). Keyword arguments as for :meth:`forward`."""
         if self.order is None:
             raise ConfigError(f"{type(self.canonicalizer).__name__} draws {self.group} poses from a continuous "
                               "distribution (or, for S(n), one over n! permutations), which has no expectation to "
                               "sum here: average forward over many samples (e.g. samples=64) instead")
         poses, weights = self.canonicalizer.pose_distribution(x, self.canonicalizer(x), self.temperature)
-        return _weighted_sum(self, x, poses, weights, self.elements_per_call, "use forward with samples=1")
+        return _weighted_sum(self, x, poses, weights, self.elements_per_call, "use forward with samples=1", kwargs)
 
 
 def _check_generator(generator: object) -> torch.Generator | None:
@@ -490,13 +585,24 @@ class GroupAveraged(nn.Module):
             continuous groups need frame averaging.
         input: how the group acts on inputs; default :class:`~equicanon.actions.Image`.
         output: how it acts on predictions; default :class:`~equicanon.actions.Trivial`
-            (invariant logits are averaged); dense outputs are mapped back before averaging.
+            (invariant logits are averaged); dense outputs are mapped back before averaging. Structured
+            predictions (tuple, dict, dataclass): one action for all their tensors, or a dict / list of actions,
+            one per part (:class:`~equicanon.actions.Structured`); each tensor is merged on its own.
         elements_per_call: group elements per predictor call, each moving the whole batch
             (``None``: all ``|G|`` at once).
+        merge: how the mapped predictions of the ``|G|`` copies combine, tensor by tensor (as test-time
+            augmentation libraries offer): ``"mean"`` (default), ``"softmax"`` (the mean of the softmax over the
+            last axis: probabilities), ``"geometric"`` (the softmax of the mean log-softmax: the normalised
+            geometric mean of the probabilities) or ``"max"`` (elementwise). Each is invariant (equivariant)
+            because the copies of ``g·x`` are those of ``x`` in another order.
+        keyword_actions: ``{name: action}`` for keyword arguments of the predictor that live on the input grid;
+            they are moved with every copy. Other per-input tensors given to :meth:`forward` are repeated for
+            the copies; other values are passed as they are.
     """
 
     def __init__(self, predictor: nn.Module, group: Group | str, *, input: Action | None = None,
-                 output: Action | None = None, elements_per_call: int | None = None) -> None:
+                 output: OutputSpec = None, elements_per_call: int | None = None, merge: str = "mean",
+                 keyword_actions: Mapping[str, Action] | None = None) -> None:
         super().__init__()
         _check_module(predictor, "predictor")
         group = as_group(group, where=lambda g: g.is_indexed, what="GroupAveraged: group",
@@ -505,19 +611,29 @@ class GroupAveraged(nn.Module):
         self.predictor = predictor
         self.group: FiniteGroup = cast(FiniteGroup, group)  # is_indexed: elements 0..|G|-1
         self.input = Image(group) if input is None else input
-        self.output = Trivial() if output is None else output
+        self.output = as_output_action(output)
         _check_actions(f"GroupAveraged({group})", group, input=self.input, output=self.output)
         self.elements_per_call = (None if elements_per_call is None
                                   else check_positive_int(elements_per_call, "elements_per_call"))
+        self.merge = _check_merge(merge, "GroupAveraged")
+        self.keyword_actions = _keyword_actions(keyword_actions, group, "GroupAveraged")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # a DeviceError / DTypeError for x unlike the parameters
-        return call_with_typed_errors(self, super().__call__, x)
+    def __call__(self, x: torch.Tensor, **kwargs: Any) -> Any:  # a DeviceError / DTypeError for x unlike the parameters
+        return call_with_typed_errors(self, super().__call__, x, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Average of the predictor over all transformed copies of ``x: (B, *)``."""
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        """The predictor over all transformed copies of ``x: (B, *)``, mapped back and merged (``merge``).
+        Keyword arguments go to the predictor (see ``keyword_actions``)."""
         n = self.group.order
         every = torch.arange(n, device=x.device).expand(x.shape[0], n)  # element-major copies, as for k poses
-        return _summed(self, self.input, x, every, self.elements_per_call, None) / n
+        return _merged(self, self.input, x, every, self.elements_per_call, None if self.merge == "mean" else
+                       "use merge='mean'", kwargs, self.merge)
+
+
+def _check_merge(merge: object, owner: str) -> str:
+    if merge not in MERGES:
+        raise ConfigError(f"{owner}: merge must be one of {', '.join(map(repr, MERGES))}, got {merge!r}")
+    return str(merge)
 
 
 def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
@@ -554,11 +670,14 @@ class FrameAveraged(nn.Module):
         group: SO3(), O3(), SE3() or E3() (or its name); rigid groups also centre the points.
         input: how the group acts on inputs: :class:`~equicanon.actions.Points` (default)
             or :class:`~equicanon.actions.Particles`.
-        output: how it acts on predictions (default :class:`~equicanon.actions.Trivial`).
+        output: how it acts on predictions (default :class:`~equicanon.actions.Trivial`); one per part of a
+            structured prediction, as for :class:`GroupAveraged`.
+        merge, keyword_actions: as for :class:`GroupAveraged`, over the frames.
     """
 
     def __init__(self, predictor: nn.Module, group: Group | str, *, input: Action | None = None,
-                 output: Action | None = None) -> None:
+                 output: OutputSpec = None, merge: str = "mean",
+                 keyword_actions: Mapping[str, Action] | None = None) -> None:
         super().__init__()
         from .actions import Points
 
@@ -568,14 +687,17 @@ class FrameAveraged(nn.Module):
         self.predictor = predictor
         self.group = group
         self.input = Points(group) if input is None else input
-        self.output = Trivial() if output is None else output
+        self.output = as_output_action(output)
         _check_actions(f"FrameAveraged({group})", group, input=self.input, output=self.output)
+        self.merge = _check_merge(merge, "FrameAveraged")
+        self.keyword_actions = _keyword_actions(keyword_actions, group, "FrameAveraged")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # a DeviceError / DTypeError for x unlike the parameters
-        return call_with_typed_errors(self, super().__call__, x)
+    def __call__(self, x: torch.Tensor, **kwargs: Any) -> Any:  # a DeviceError / DTypeError for x unlike the parameters
+        return call_with_typed_errors(self, super().__call__, x, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Average of the predictor over the PCA frames of ``x: (B, N, 3 + …)``."""
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        """The predictor over the PCA frames of ``x: (B, N, 3 + …)``, mapped back and merged (``merge``).
+        Keyword arguments go to the predictor (see ``keyword_actions``)."""
         sizes = check_shape(x, "B N F", name="points")
         if sizes["N"] < 1 or sizes["F"] < 3:
             raise ShapeError(f"points: expected (B, N, 3 + k) with N >= 1 points, got shape {format_shape(x.shape)}")
@@ -594,7 +716,6 @@ class FrameAveraged(nn.Module):
             elements = cast(RigidGroup, self.group).from_parts(rot, centre)
         else:
             elements = rot
-        repeated = x.repeat_interleave(k, dim=0)
-        pred = self.predictor(self.input(self.group.inverse(elements), repeated))
-        mapped = self.output(elements, pred)
-        return mapped.reshape(b, k, *mapped.shape[1:]).mean(dim=1)
+        poses = elements.reshape(b, k, *elements.shape[1:])  # (B, K, *): the frames of every input
+        return _merged(self, self.input, x, poses, None, None if self.merge == "mean" else "use merge='mean'",
+                       kwargs, self.merge)

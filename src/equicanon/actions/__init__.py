@@ -8,6 +8,7 @@
 - :class:`Set` — the element axis of sets under S(n)
 - :class:`Trivial` — invariant data
 - :class:`Pose` — group elements, by left multiplication (poses)
+- :class:`Structured` — one action per key (dict, dataclass) or position (tuple) of a structured prediction
 """
 
 from . import functional
@@ -15,5 +16,7 @@ from .base import Action, Pose, Trivial
 from .discrete import Regular, Set
 from .geometric import Particles, Points, Vectors
 from .image import Image, Mask
+from .structured import Structured
 
-__all__ = ["Action", "Pose", "Trivial", "Image", "Mask", "Points", "Particles", "Vectors", "Regular", "Set", "functional"]
+__all__ = ["Action", "Pose", "Trivial", "Image", "Mask", "Points", "Particles", "Vectors", "Regular", "Set",
+           "Structured", "functional"]
