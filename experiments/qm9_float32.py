@@ -18,7 +18,10 @@ Two measurements (issue 17, item 5):
    ``PointEncoder`` is trained by ``equicanon.training.fit`` (MSE on a standardised QM9 property, random SE(3)
    moves of every batch, ``steps`` Adam steps); then every molecule's pose is compared with the pose of the
    molecule with Gaussian noise of ``noise`` Å on every coordinate (float32, eval mode). The table gives the
-   share of molecules whose pose turns by more than ``angle`` degrees, split by rotational symmetry.
+   share of molecules whose pose turns by more than ``angle`` degrees, split by rotational symmetry; once per
+   weight of the conditioning regularizer (``conditioning_weights``, ``ParticleVectorNeurons(conditioning_weight=
+   ...)``, which pushes the frame's relative Gram–Schmidt residuals of the training molecules above
+   ``conditioning_margin``).
 
 A molecule *has a rotational symmetry* when a proper rotation other than the identity (C_n, n = 2..6, about its
 charge-weighted principal axes, or C_2/C_3 about an axis through an atom) maps every atom within
@@ -40,7 +43,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,6 +85,10 @@ class Settings:
         symmetry_tolerance: Å; see the module's docstring.
         seed: seeds the weights, the moves and the noise.
         threads: torch threads.
+        float32: run measurement 1 (the float32 conditioning); ``false``: the noise stability alone.
+        conditioning_weights: measurement 2 trains one canonicalizer per weight of ParticleVectorNeurons'
+            conditioning regularizer (``conditioning_weight``; 0: none), with ``conditioning_margin``.
+        conditioning_margin: the regularizer's margin on the relative Gram–Schmidt residuals.
     """
 
     atoms: int
@@ -104,6 +111,9 @@ class Settings:
     symmetry_tolerance: float
     seed: int
     threads: int
+    float32: bool = True
+    conditioning_weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    conditioning_margin: float = 0.1
 
 
 # --------------------------------------------------------------------------------------------- symmetry
@@ -187,10 +197,12 @@ def _row(name: str, case: str, all_: dict[str, float], asym: dict[str, float], f
             + f"{_fmt(mixed.get('median', math.nan))} | {_share(f64)} |")
 
 
-def _particles(s: Settings, group: ec.groups.Group) -> nn.Module:
-    """``ParticleVectorNeurons(group, 1)`` of the settings (``smoothing`` passed only when set, so the script also
-    runs against versions without it)."""
-    extra = {} if s.smoothing is None else {"smoothing": s.smoothing}
+def _particles(s: Settings, group: ec.groups.Group, conditioning_weight: float = 0.0) -> nn.Module:
+    """``ParticleVectorNeurons(group, 1)`` of the settings (``smoothing`` and the conditioning regularizer passed
+    only when set, so the script also runs against versions without them)."""
+    extra: dict[str, float] = {} if s.smoothing is None else {"smoothing": s.smoothing}
+    if conditioning_weight > 0:
+        extra.update(conditioning_weight=conditioning_weight, conditioning_margin=s.conditioning_margin)
     return ec.canonicalizers.ParticleVectorNeurons(group, 1, hidden=s.hidden, layers=s.layers, **extra)
 
 
@@ -260,7 +272,8 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def noise_stability(s: Settings, mols: dict[str, torch.Tensor], asymmetric: torch.Tensor,
                     results: dict[str, object]) -> None:
-    """Measurement 2: train ParticleVectorNeurons(SE3) + PointEncoder, then the share of poses moved by noise."""
+    """Measurement 2: train ParticleVectorNeurons(SE3) + PointEncoder (once per conditioning weight), then the share
+    of poses moved by noise."""
     pos, feature, y = mols["positions"], mols["feature"], mols["target"]
     x = torch.cat([pos, torch.zeros_like(pos), feature[..., None]], dim=-1)
     n_test = max(1, len(x) // 5)
@@ -268,35 +281,39 @@ def noise_stability(s: Settings, mols: dict[str, torch.Tensor], asymmetric: torc
     train, test = order[n_test:], order[:n_test]
     mean, std = y[train].mean(), y[train].std().clamp_min(1e-12)
     target = ((y - mean) / std).to(torch.float32)[:, None]
-    torch.manual_seed(s.seed)
-    canon = _particles(s, ec.SE3())
-    model = ec.Canonicalized(ec.models.PointEncoder(7, 1, s.width), canon)
-    start = time.perf_counter()
-    logs = fit(model, (x[train].float(), target[train]), s.steps, lr=s.lr, batch_size=s.train_batch, seed=s.seed,
-               task_loss="mse")
-    seconds = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        mse = float(((model(x[test].float()) - target[test]) ** 2).mean())
     noisy = x.clone()
     noisy[..., :3] += s.noise * torch.randn(pos.shape, generator=torch.Generator().manual_seed(s.seed + 2), dtype=_F64)
-    before = _poses(canon, x, torch.float32, s.batch)[:, :3, :3]
-    after = _poses(canon, noisy, torch.float32, s.batch)[:, :3, :3]
-    turned = _angle(before, after)
-    moved = turned > s.angle
     split = {"all": torch.ones_like(asymmetric), "no rotational symmetry": asymmetric, "rotational symmetry": ~asymmetric}
-    record: dict[str, object] = {"steps": s.steps, "seconds": seconds, "test_mse_standardised": mse,
-                                 "final_train_loss": logs[-1]["loss"] if logs else math.nan}
-    print(f"\ntrained {s.steps} steps in {seconds:.0f} s; test MSE of the standardised {s.target}: {mse:.3f} "
-          f"(1.0 = predicting the mean)\n")
-    print(f"| molecules | count | pose moved > {s.angle:g}° under {s.noise:g} Å noise | median turn |\n|---|---|---|---|")
-    for name, keep in split.items():
-        count = int(keep.sum())
-        share = 100 * float(moved[keep].to(_F64).mean()) if count else math.nan
-        median = float(turned[keep].median()) if count else math.nan
-        record[name] = {"count": count, "share_moved": share, "median_degrees": median}
-        print(f"| {name} | {count} | {share:.2f}% | {median:.2e}° |")
-    results["noise stability: ParticleVectorNeurons(SE3)"] = record
+    for weight in s.conditioning_weights:
+        torch.manual_seed(s.seed)
+        canon = _particles(s, ec.SE3(), conditioning_weight=weight)
+        model = ec.Canonicalized(ec.models.PointEncoder(7, 1, s.width), canon)
+        start = time.perf_counter()
+        logs = fit(model, (x[train].float(), target[train]), s.steps, lr=s.lr, batch_size=s.train_batch, seed=s.seed,
+                   task_loss="mse")
+        seconds = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            mse = float(((model(x[test].float()) - target[test]) ** 2).mean())
+        before = _poses(canon, x, torch.float32, s.batch)[:, :3, :3]
+        after = _poses(canon, noisy, torch.float32, s.batch)[:, :3, :3]
+        turned = _angle(before, after)
+        moved = turned > s.angle
+        record: dict[str, object] = {"steps": s.steps, "seconds": seconds, "test_mse_standardised": mse,
+                                     "conditioning_weight": weight, "conditioning_margin": s.conditioning_margin,
+                                     "final_train_loss": logs[-1]["loss"] if logs else math.nan}
+        print(f"\nconditioning weight {weight:g}: trained {s.steps} steps in {seconds:.0f} s; test MSE of the "
+              f"standardised {s.target}: {mse:.3f} (1.0 = predicting the mean)\n")
+        print(f"| molecules | count | pose moved > {s.angle:g}° under {s.noise:g} Å noise | median turn |\n"
+              "|---|---|---|---|")
+        for name, keep in split.items():
+            count = int(keep.sum())
+            share = 100 * float(moved[keep].to(_F64).mean()) if count else math.nan
+            median = float(turned[keep].median()) if count else math.nan
+            record[name] = {"count": count, "share_moved": share, "median_degrees": median}
+            print(f"| {name} | {count} | {share:.2f}% | {median:.2e}° |")
+        key = "noise stability: ParticleVectorNeurons(SE3)" + ("" if weight == 0 else f", conditioning {weight:g}")
+        results[key] = record
 
 
 def _radius(pos: torch.Tensor) -> torch.Tensor:
@@ -325,9 +342,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = ("| canonicalizer | move | median | p99 | p99.9 | max | float32 > 1e-4 | same, no rot. symmetry | "
               "float64 network > 1e-4 | same, no rot. symmetry | its median | float64 data > 1e-4 |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\nfloat32 canonical-form error / RMS radius, QM9 molecules, random initialisation\n\n" + header)
-    conditioning(s, mols, asymmetric, "qm9", results)
-    if s.clouds > 0:
+    if s.float32:
+        print("\nfloat32 canonical-form error / RMS radius, QM9 molecules, random initialisation\n\n" + header)
+        conditioning(s, mols, asymmetric, "qm9", results)
+    if s.float32 and s.clouds > 0:
         clouds, _ = make_pointclouds(s.clouds, s.points, generator=torch.Generator().manual_seed(1), rotate=None)
         clouds = clouds.to(_F64)
         cloud_data = {"positions": clouds, "feature": torch.ones(clouds.shape[:2], dtype=_F64),

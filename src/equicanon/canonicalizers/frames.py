@@ -13,12 +13,13 @@ and :class:`~equicanon.Symmetrized` take them:
 
 from __future__ import annotations
 
+import math
 from math import comb
 from typing import TYPE_CHECKING, cast
 
 import torch
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, check_number
 from ..groups import RigidGroup
 from .base import Canonicalization, Canonicalizer
 from .functional import gram_schmidt, noisy_frames, weighted_frames
@@ -41,6 +42,53 @@ class VectorFrames(Canonicalizer):
     """
 
     head: _FrameHead
+    #: weight of :meth:`conditioning_loss` in :meth:`add_regularizers` (0: not computed)
+    conditioning_weight: float = 0.0
+    #: the relative Gram–Schmidt residual below which :meth:`conditioning_loss` pushes
+    conditioning_margin: float = 0.05
+
+    def conditioning_loss(self, result: Canonicalization) -> torch.Tensor:
+        """How close the pose's Gram–Schmidt is to degenerate: ``mean relu(log(m₀ / r_i))`` over the batch and the
+        frame's vectors, ``r_i`` the residual of vector ``i`` after projecting out the ones before it, relative to
+        ``extras["scale"]`` (the size it would have without cancellation; ``r_1 = |v_1| / scale``), and
+        ``m₀`` = :attr:`conditioning_margin`; 0-dim. A frame whose vectors are short or nearly dependent turns a
+        lot under a small change of the input; this pushes the residuals of training inputs above ``m₀``
+        (inputs with a symmetry cannot move: their vectors vanish by equivariance). Differentiable in the vectors."""
+        vectors, scale = result.extras.get("vectors"), result.extras.get("scale")
+        if vectors is None or scale is None:
+            raise ConfigError("conditioning_loss needs a result from a vector-frame canonicalizer (extras['vectors'] "
+                              "and extras['scale'])")
+        v = vectors[..., :self.frame_size].double()  # (B, d, s)
+        size = scale.double().clamp_min(1e-300)[:, None]
+        floor = 1e-3 * self.conditioning_margin  # below it (a symmetric input) no gradient: nothing to gain there
+        residuals: list[torch.Tensor] = []
+        basis: list[torch.Tensor] = []
+        for i in range(v.shape[-1]):  # Gram–Schmidt, differentiably
+            rest = v[..., i]
+            for u in basis:
+                rest = rest - (rest * u).sum(-1, keepdim=True) * u
+            norm = rest.square().sum(-1).add(1e-300).sqrt()  # (B,)
+            residuals.append((norm / size[:, 0]).clamp_min(floor))
+            basis.append(rest / norm[:, None])
+        residual = torch.stack(residuals, dim=-1)  # (B, s)
+        return torch.relu(math.log(self.conditioning_margin) - residual.log()).mean().to(vectors.dtype)
+
+    def add_regularizers(self, loss: torch.Tensor | float, result: Canonicalization, *, prior_weight: float = 0.0,
+                         contrastive_weight: float = 0.0, target: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """The base regularizers, plus ``conditioning_weight · conditioning_loss(result)`` (term ``"conditioning"``)
+        when the weight is positive and the result carries gradients (training)."""
+        loss, terms = super().add_regularizers(loss, result, prior_weight=prior_weight,
+                                               contrastive_weight=contrastive_weight, target=target)
+        vectors = result.extras.get("vectors")
+        if self.conditioning_weight > 0 and isinstance(vectors, torch.Tensor) and vectors.requires_grad:
+            terms["conditioning"] = self.conditioning_loss(result)
+            loss = loss + self.conditioning_weight * terms["conditioning"]
+        return loss, terms
+
+    def _set_conditioning(self, weight: float, margin: float) -> None:
+        self.conditioning_weight = check_number(weight, "conditioning_weight", minimum=0.0)
+        self.conditioning_margin = check_number(margin, "conditioning_margin", minimum=0.0, strict=True)
 
     @property
     def frame_vectors(self) -> int:

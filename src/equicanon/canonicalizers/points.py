@@ -167,13 +167,18 @@ class VectorNeurons(VectorFrames):
             passes through 0 the output changes over ``|k| ≲ smoothing · |v|`` instead of jumping. 0 (the gates
             of Deng et al.) by default here: the edge layer's vectors are not parallel, so the gates switch
             continuously already (see :class:`ParticleVectorNeurons` for where they do not).
+        conditioning_weight, conditioning_margin: a training regularizer, added by :meth:`add_regularizers` (the
+            training step) when the weight is positive: :meth:`~equicanon.canonicalizers.frames.VectorFrames.conditioning_loss`,
+            which pushes the frame's relative Gram–Schmidt residuals above the margin, so that small changes of
+            the input turn the pose less (default 0: off).
         check_inputs: refuse point clouds holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
     """
 
     def __init__(self, group: Group | str, *, hidden: int = 32, layers: int = 2, k: int = 16, batch_norm: bool = True,
                  eps: float = 1e-6, vectors: int | None = None, smoothing: float = 0.0,
-                 check_inputs: bool = True) -> None:
+                 conditioning_weight: float = 0.0, conditioning_margin: float = 0.05, check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
+        self._set_conditioning(conditioning_weight, conditioning_margin)
         self.group = group = as_group(group, where=lambda g: g.kind == "spatial" and not g.is_finite,
                                       expected="SO3() or O3()", what="VectorNeurons: group")
         self.action = Points(group)
@@ -217,8 +222,8 @@ class ParticleVectorNeurons(VectorFrames):
     Args:
         group: ``SE3()`` (rotations + translations) or ``E3()`` (also reflections), or its name.
         features: number ``k`` of invariant feature columns after the velocities.
-        hidden, layers, batch_norm, eps, vectors, check_inputs: as in :class:`VectorNeurons` (``vectors``:
-            ``None`` is 2 for SE(3), 3 for E(3)).
+        hidden, layers, batch_norm, eps, vectors, conditioning_weight, conditioning_margin, check_inputs: as in
+            :class:`VectorNeurons` (``vectors``: ``None`` is 2 for SE(3), 3 for E(3)).
         smoothing: as in :class:`VectorNeurons`, default :data:`PARTICLE_SMOOTHING` (1.0). Without it, a particle
             at rest (zero velocity) has all its channels parallel to its position, so each leaky-ReLU gate can
             only switch by its direction passing through 0, where the output jumps: a move of 1e-3 of the
@@ -227,8 +232,10 @@ class ParticleVectorNeurons(VectorFrames):
 
     def __init__(self, group: Group | str, features: int = 1, *, hidden: int = 32, layers: int = 2,
                  batch_norm: bool = True, eps: float = 1e-6, vectors: int | None = None,
-                 smoothing: float = PARTICLE_SMOOTHING, check_inputs: bool = True) -> None:
+                 smoothing: float = PARTICLE_SMOOTHING, conditioning_weight: float = 0.0,
+                 conditioning_margin: float = 0.05, check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
+        self._set_conditioning(conditioning_weight, conditioning_margin)
         rigid = as_group(group, where=lambda g: g.kind == "rigid", expected="SE3() or E3()",
                          what="ParticleVectorNeurons: group")
         if isinstance(features, bool) or not isinstance(features, int) or features < 0:
