@@ -573,7 +573,26 @@ def _check_generator(generator: object) -> torch.Generator | None:
     return generator
 
 
-class GroupAveraged(nn.Module):
+class _Averaging(nn.Module):
+    """What :class:`GroupAveraged` and :class:`FrameAveraged` share: the predictor, the input and output actions,
+    ``merge`` and ``keyword_actions``, and typed errors for inputs unlike the parameters."""
+
+    group: Group
+
+    def _configure(self, owner: str, predictor: nn.Module, group: Group, input: Action, output: OutputSpec,
+                   merge: str, keyword_actions: Mapping[str, Action] | None) -> None:
+        self.predictor = predictor
+        self.input = input
+        self.output = as_output_action(output)
+        _check_actions(f"{owner}({group})", group, input=self.input, output=self.output)
+        self.merge = _check_merge(merge, owner)
+        self.keyword_actions = _keyword_actions(keyword_actions, group, owner)
+
+    def __call__(self, x: torch.Tensor, **kwargs: Any) -> Any:  # a DeviceError / DTypeError for x unlike the parameters
+        return call_with_typed_errors(self, super().__call__, x, **kwargs)
+
+
+class GroupAveraged(_Averaging):
     """``f(x) = mean_k g_k ⋆ p(g_k⁻¹·x)``: the |G|-pass symmetrisation baseline.
 
     All ``|G|`` copies of the batch go through ``predictor`` as one batch of
@@ -608,18 +627,11 @@ class GroupAveraged(nn.Module):
         group = as_group(group, where=lambda g: g.is_indexed, what="GroupAveraged: group",
                          expected="a finite group to average over (C(n), D(n), Octahedral()); for continuous "
                                   "groups use FrameAveraged or a canonicalizer")
-        self.predictor = predictor
         self.group: FiniteGroup = cast(FiniteGroup, group)  # is_indexed: elements 0..|G|-1
-        self.input = Image(group) if input is None else input
-        self.output = as_output_action(output)
-        _check_actions(f"GroupAveraged({group})", group, input=self.input, output=self.output)
+        self._configure("GroupAveraged", predictor, group, Image(group) if input is None else input, output, merge,
+                        keyword_actions)
         self.elements_per_call = (None if elements_per_call is None
                                   else check_positive_int(elements_per_call, "elements_per_call"))
-        self.merge = _check_merge(merge, "GroupAveraged")
-        self.keyword_actions = _keyword_actions(keyword_actions, group, "GroupAveraged")
-
-    def __call__(self, x: torch.Tensor, **kwargs: Any) -> Any:  # a DeviceError / DTypeError for x unlike the parameters
-        return call_with_typed_errors(self, super().__call__, x, **kwargs)
 
     def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
         """The predictor over all transformed copies of ``x: (B, *)``, mapped back and merged (``merge``).
@@ -658,7 +670,7 @@ def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
     return frames.to(points.dtype)
 
 
-class FrameAveraged(nn.Module):
+class FrameAveraged(_Averaging):
     """Frame averaging (Puny et al., 2022) over PCA frames: ``f(x) = mean_F F ⋆ p(F⁻¹·x)``.
 
     The |G|-averaging baseline is impossible for continuous groups; averaging over
@@ -684,16 +696,9 @@ class FrameAveraged(nn.Module):
         _check_module(predictor, "predictor")
         group = as_group(group, where=lambda g: g.dim == 3 and not g.is_finite, what="FrameAveraged: group",
                          expected="a continuous 3-D group for PCA frames of points: SO3, O3, SE3 or E3")
-        self.predictor = predictor
         self.group = group
-        self.input = Points(group) if input is None else input
-        self.output = as_output_action(output)
-        _check_actions(f"FrameAveraged({group})", group, input=self.input, output=self.output)
-        self.merge = _check_merge(merge, "FrameAveraged")
-        self.keyword_actions = _keyword_actions(keyword_actions, group, "FrameAveraged")
-
-    def __call__(self, x: torch.Tensor, **kwargs: Any) -> Any:  # a DeviceError / DTypeError for x unlike the parameters
-        return call_with_typed_errors(self, super().__call__, x, **kwargs)
+        self._configure("FrameAveraged", predictor, group, Points(group) if input is None else input, output, merge,
+                        keyword_actions)
 
     def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
         """The predictor over the PCA frames of ``x: (B, N, 3 + …)``, mapped back and merged (``merge``).
