@@ -648,8 +648,25 @@ def _check_merge(merge: object, owner: str) -> str:
     return str(merge)
 
 
-def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
+def _check_mask(mask: object, batch: int, n: int, device: torch.device) -> torch.Tensor:
+    """A padding mask ``(B, N)`` bool with at least one real element per row, else a typed error."""
+    if not isinstance(mask, torch.Tensor):
+        raise DTypeError(f"mask: expected a bool tensor ({batch}, {n}), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise DTypeError(f"mask: expected dtype torch.bool (True: a real element), got {mask.dtype}")
+    if tuple(mask.shape) != (batch, n):
+        raise ShapeError(f"mask: expected shape ({batch}, {n}), one entry per element, got {format_shape(mask.shape)}")
+    mask = mask.to(device)
+    if not bool(mask.any(dim=1).all()):
+        raise InputValueError("mask: every row needs at least one real element (True); got a row of padding only")
+    return mask
+
+
+def pca_frames(points: torch.Tensor, group: Group, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Frames of Puny et al. (2022) from principal axes: ``(B, K, 3, 3)`` orthogonal matrices.
+
+    ``mask (B, N)`` bool (True: a real point) restricts the mean and the covariance to the real points, so
+    padding (any amount, any content) does not change the frames.
 
     The covariance of the centred points moves as ``Q C Qᵀ``, so its eigenvectors
     move with ``Q`` up to their signs; all sign choices are kept (``K = 8`` for O(3)
@@ -657,7 +674,12 @@ def pca_frames(points: torch.Tensor, group: Group) -> torch.Tensor:
     when the three eigenvalues are distinct; near-equal eigenvalues make the
     frames, and the averaged prediction, unstable.
     """
-    centred = points - points.mean(dim=1, keepdim=True)
+    if mask is None:
+        centred = points - points.mean(dim=1, keepdim=True)
+    else:
+        weights = mask.to(points.dtype)[..., None]  # (B, N, 1)
+        mean = (points * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1)
+        centred = (points - mean) * weights
     cov = centred.transpose(1, 2) @ centred
     work = cov if cov.dtype in (torch.float32, torch.float64) else cov.float()  # eigh has no float16/bfloat16
     vecs = torch.linalg.eigh(work)[1]  # (B, 3, 3), columns sorted by eigenvalue
@@ -700,25 +722,36 @@ class FrameAveraged(_Averaging):
         self._configure("FrameAveraged", predictor, group, Points(group) if input is None else input, output, merge,
                         keyword_actions)
 
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The predictor over the PCA frames of ``x: (B, N, 3 + …)``, mapped back and merged (``merge``).
-        Keyword arguments go to the predictor (see ``keyword_actions``)."""
+        Keyword arguments go to the predictor (see ``keyword_actions``).
+
+        ``mask``: ``(B, N)`` bool, True for the real points of a padded batch (:func:`equicanon.data.pad_sets`):
+        the frames and the centre come from the real points only, and the predictor receives ``mask=`` too (it
+        must ignore the padded rows for the prediction not to depend on the padding)."""
         sizes = check_shape(x, "B N F", name="points")
         if sizes["N"] < 1 or sizes["F"] < 3:
             raise ShapeError(f"points: expected (B, N, 3 + k) with N >= 1 points, got shape {format_shape(x.shape)}")
         check_floating(x, "points")
         b = x.shape[0]
         positions = x[..., :3]
+        if mask is not None:
+            mask = _check_mask(mask, b, sizes["N"], x.device)
+            kwargs = {**kwargs, "mask": mask}
         try:
-            frames = pca_frames(positions, self.group)  # (B, K, 3, 3)
+            frames = pca_frames(positions, self.group, mask)  # (B, K, 3, 3)
         except torch.linalg.LinAlgError as e:  # eigh reports this itself (no extra host sync on the good path)
             raise InputValueError(f"FrameAveraged: the covariance of the points could not be diagonalised ({e}); "
                                   "the input holds NaN or Inf") from e
         k = frames.shape[1]
         rot = frames.reshape(b * k, 3, 3)
         if self.group.has_translations:
-            centre = positions.mean(dim=1).repeat_interleave(k, dim=0)
-            elements = cast(RigidGroup, self.group).from_parts(rot, centre)
+            if mask is None:
+                centre = positions.mean(dim=1)
+            else:
+                weights = mask.to(positions.dtype)[..., None]
+                centre = (positions * weights).sum(dim=1) / weights.sum(dim=1)
+            elements = cast(RigidGroup, self.group).from_parts(rot, centre.repeat_interleave(k, dim=0))
         else:
             elements = rot
         poses = elements.reshape(b, k, *elements.shape[1:])  # (B, K, *): the frames of every input

@@ -20,6 +20,7 @@ from .nbody import (
     nbody_baselines,
     simulate_charged,
 )
+from .padding import pad_sets
 from .photos import ColorJitter, disk_mask, load_photos, random_crops
 from .pointclouds import POINTCLOUD_CLASSES, make_pointclouds, rotate_clouds
 from .rotate import rotation_group
@@ -31,4 +32,4 @@ __all__ = ["FASHION_MNIST_CLASSES", "CorruptDataError", "DataNotFoundError", "lo
            "encode_digits", "decode_digits", "make_nbody", "simulate_charged", "integrate_charged", "coulomb_forces",
            "charged_energy", "nbody_baselines", "ChargedTrajectories", "load_photos", "disk_mask", "random_crops",
            "ColorJitter", "SEGMENTATION_CLASSES", "load_fashion_mnist_segmentation", "pad_images", "segmentation_labels",
-           "rotation_group", "load_qm9", "QM9Molecules"]
+           "rotation_group", "load_qm9", "QM9Molecules", "pad_sets"]

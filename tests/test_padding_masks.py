@@ -1,0 +1,93 @@
+"""Variable-size point sets: ``ec.data.pad_sets`` and padding masks in ``FrameAveraged`` (issue 19, item 1, in part).
+
+- ``pad_sets([x_1, …]) = (x, mask)`` with ``x[i, :N_i] = x_i``, padding ``value`` elsewhere, ``mask[i, j] = j < N_i``;
+- ``FrameAveraged(p, G)(x, mask=m)`` does not depend on how much padding there is or what it holds, for a predictor
+  that ignores the padded rows: the same clouds padded to several lengths with random padding give the same
+  prediction (and the same frames: :func:`pca_frames` with the mask equals it on the unpadded cloud); it stays
+  invariant under the group (float64), and the predictor receives the mask.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import equicanon as ec
+from equicanon.adapt import pca_frames
+from equicanon.data import pad_sets
+from equicanon.errors import DTypeError, InputValueError, ShapeError
+
+
+class MaskedPool(nn.Module):
+    """A permutation-invariant predictor that pools over the real points only: ``mean_i MLP(x_i)`` over ``mask``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlp = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = mask.to(x.dtype)[..., None]
+        return (self.mlp(x) * w).sum(dim=1) / w.sum(dim=1)
+
+
+def _clouds(sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)  # distinct principal axes: stable PCA frames
+    return [torch.randn(n, 3, generator=g, dtype=torch.float64) * scales + 1.5 for n in sizes]
+
+
+def test_pad_sets_places_every_set_and_marks_it():
+    items = _clouds([5, 2, 7])
+    x, mask = pad_sets(items, value=-9.0)
+    assert x.shape == (3, 7, 3) and mask.shape == (3, 7) and mask.dtype == torch.bool
+    for i, item in enumerate(items):
+        assert torch.equal(x[i, :len(item)], item) and bool(mask[i, :len(item)].all())
+        assert bool((x[i, len(item):] == -9.0).all()) and not bool(mask[i, len(item):].any())
+    longer, _ = pad_sets(items, length=10)
+    assert longer.shape == (3, 10, 3)
+    with pytest.raises(ShapeError, match="shorter"):
+        pad_sets(items, length=6)
+    with pytest.raises(ShapeError, match="items\\[1\\]"):
+        pad_sets([torch.randn(4, 3), torch.randn(4, 2)])
+    with pytest.raises(DTypeError, match="list of tensors"):
+        pad_sets([])
+    with pytest.raises(DTypeError, match="items\\[1\\]"):
+        pad_sets([torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("group", [ec.SO3(), ec.O3(), ec.SE3(), ec.E3()], ids=repr)
+def test_frame_averaged_does_not_depend_on_the_padding(group):
+    items = _clouds([11, 6, 9])
+    model = ec.FrameAveraged(MaskedPool(), group)
+    unpadded = torch.cat([model(item[None], mask=torch.ones(1, len(item), dtype=torch.bool)) for item in items])
+    g = torch.Generator().manual_seed(5)
+    for length in (11, 14, 20):
+        x, mask = pad_sets(items, length=length)
+        x = torch.where(mask[..., None], x, 100 * torch.randn(x.shape, generator=g, dtype=x.dtype))  # junk padding
+        assert torch.allclose(model(x, mask=mask), unpadded, atol=1e-10, rtol=0.0)
+        frames = pca_frames(x, group, mask)
+        for i, item in enumerate(items):
+            assert torch.allclose(frames[i], pca_frames(item[None], group)[0], atol=1e-10)
+
+
+def test_masked_frame_averaging_stays_invariant():
+    x, mask = pad_sets(_clouds([8, 12]))
+    model = ec.FrameAveraged(MaskedPool(), ec.SE3())
+    q = ec.SE3().sample(2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    moved = ec.actions.Points(ec.SE3())(q, x)
+    assert torch.allclose(model(moved, mask=mask), model(x, mask=mask), atol=1e-9, rtol=0.0)
+
+
+def test_mask_errors():
+    x, mask = pad_sets(_clouds([4, 3]))
+    model = ec.FrameAveraged(MaskedPool(), ec.SO3())
+    with pytest.raises(DTypeError, match=r"torch\.bool"):
+        model(x, mask=mask.float())
+    with pytest.raises(ShapeError, match="mask"):
+        model(x, mask=mask[:, :2])
+    empty = mask.clone()
+    empty[1] = False
+    with pytest.raises(InputValueError, match="at least one real element"):
+        model(x, mask=empty)
