@@ -1,10 +1,15 @@
-"""Variable-size point sets: ``ec.data.pad_sets`` and padding masks in ``FrameAveraged`` (issue 19, item 1, in part).
+"""Variable-size point sets: ``ec.data.pad_sets`` and padding masks (``FrameAveraged``, ``VectorNeurons``,
+``ParticleVectorNeurons``, ``Canonicalized``).
 
 - ``pad_sets([x_1, …]) = (x, mask)`` with ``x[i, :N_i] = x_i``, padding ``value`` elsewhere, ``mask[i, j] = j < N_i``;
 - ``FrameAveraged(p, G)(x, mask=m)`` does not depend on how much padding there is or what it holds, for a predictor
   that ignores the padded rows: the same clouds padded to several lengths with random padding give the same
   prediction (and the same frames: :func:`pca_frames` with the mask equals it on the unpadded cloud); it stays
-  invariant under the group (float64), and the predictor receives the mask.
+  invariant under the group (float64), and the predictor receives the mask;
+- ``VectorNeurons`` / ``ParticleVectorNeurons`` with ``mask``: the pose and the real points' canonical form of a
+  padded cloud equal those of the cloud alone (eval mode), whatever the padding; in training mode (batch statistics
+  over the real points) they do not depend on the padding length; ``pose(g·x) = g pose(x)`` with a mask; k-NN never
+  picks a padded neighbour; ``Canonicalized(x, mask=m)`` gives the mask to both the canonicalizer and the predictor.
 """
 
 from __future__ import annotations
@@ -91,3 +96,92 @@ def test_mask_errors():
     empty[1] = False
     with pytest.raises(InputValueError, match="at least one real element"):
         model(x, mask=empty)
+
+
+# --- masks in the vector-neuron canonicalizers and Canonicalized ----------------------------------------------
+
+def _canonicalizer(name: str) -> ec.canonicalizers.Canonicalizer:
+    torch.manual_seed(0)
+    if name in ("SO3", "O3"):
+        return ec.canonicalizers.VectorNeurons(name, hidden=8, k=4).double()
+    return ec.canonicalizers.ParticleVectorNeurons(name, 1, hidden=8).double()
+
+
+def _items(name: str, sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 3 if name in ("SO3", "O3") else 7, generator=g, dtype=torch.float64) for n in sizes]
+
+
+def _junk_padded(items: list[torch.Tensor], length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, mask = pad_sets(items, length=length)
+    junk = 50 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    return torch.where(mask[..., None], x, junk), mask
+
+
+@pytest.mark.parametrize("name", ["SO3", "O3", "SE3", "E3"])
+def test_padding_changes_neither_the_pose_nor_the_real_canonical_form(name):
+    """Eval mode: each padded cloud gets the pose it gets alone (3 real points, fewer than k = 4, included);
+    training mode (batch statistics over the real points): the same batch padded to other lengths, with other
+    junk, gives the same poses."""
+    canon = _canonicalizer(name)
+    items = _items(name, [6, 3, 9])
+    canon.eval()
+    alone = [canon(item[None]) for item in items]
+    for length, seed in ((9, 1), (14, 2)):
+        x, mask = _junk_padded(items, length, seed)
+        res = canon(x, mask=mask)
+        for i, item in enumerate(items):
+            assert torch.allclose(res.pose[i], alone[i].pose[0], atol=1e-10, rtol=0.0)
+            assert torch.allclose(res.canonical[i, :len(item)], alone[i].canonical[0], atol=1e-10, rtol=0.0)
+    canon.train()
+    x9, m9 = _junk_padded(items, 9, 3)
+    x15, m15 = _junk_padded(items, 15, 4)
+    with torch.no_grad():
+        a, b = canon(x9, mask=m9), canon(x15, mask=m15)
+    assert torch.allclose(a.pose, b.pose, atol=1e-10, rtol=0.0)
+
+
+@pytest.mark.parametrize("name", ["SO3", "SE3"])
+def test_masked_poses_stay_equivariant(name):
+    canon = _canonicalizer(name).eval()
+    group = ec.groups.as_group(name)
+    x, mask = _junk_padded(_items(name, [7, 5]), 10, 5)
+    action = ec.actions.Points(group) if name == "SO3" else ec.actions.Particles(group)
+    g = group.sample(2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    moved = canon(action(g, x), mask=mask)
+    want = group.compose(g, canon(x, mask=mask).pose)
+    assert torch.allclose(moved.pose, want, atol=1e-9, rtol=0.0)
+
+
+def test_knn_never_picks_a_padded_neighbour():
+    from equicanon.nn.vector_neurons import knn
+
+    x, mask = _junk_padded(_items("SO3", [8, 5]), 12, 7)
+    idx = knn(x, 4, mask)
+    for i in range(2):
+        assert bool(mask[i][idx[i][mask[i]]].all())
+
+
+def test_canonicalized_passes_the_mask_to_the_canonicalizer_and_the_predictor():
+    seen: dict[str, torch.Tensor] = {}
+
+    class Pool(nn.Module):
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            seen["mask"] = mask
+            w = mask.to(x.dtype)[..., None]
+            return (x.square().sum(-1, keepdim=True) * w).sum(dim=1) / w.sum(dim=1)
+
+    canon = _canonicalizer("SE3").eval()
+    items = _items("SE3", [6, 4])
+    model = ec.Canonicalized(Pool(), canon)
+    x, mask = _junk_padded(items, 11, 8)
+    out = model(x, mask=mask)
+    assert torch.equal(seen["mask"], mask)
+    alone = torch.cat([model(item[None], mask=torch.ones(1, len(item), dtype=torch.bool)) for item in items])
+    assert torch.allclose(out, alone, atol=1e-10, rtol=0.0)
+    with pytest.raises(ec.errors.ConfigError, match="no padding mask"):
+        ec.canonicalizers.GroupConv(ec.C(4), in_channels=1)(torch.rand(2, 1, 9, 9), mask=torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(ShapeError, match="mask"):
+        canon(x, mask=mask[:, :5])
+    with pytest.raises(DTypeError, match=r"torch\.bool"):
+        canon(x, mask=mask.double())

@@ -11,7 +11,7 @@ from torch import nn
 
 from .actions import Action, Image
 from .actions.structured import apply_action, as_output_action, flatten, unflatten
-from .canonicalizers.base import Canonicalizer, call_with_typed_errors
+from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_typed_errors, check_mask
 from .canonicalizers.functional import explained, sample_categorical, top_k_weights
 from .errors import (
     ConfigError,
@@ -140,10 +140,19 @@ class Canonicalized(nn.Module):
 
     def forward(self, x: torch.Tensor, *, return_canonicalization: bool = False, **kwargs: Any) -> Any:
         """Predict on ``x``; with ``return_canonicalization`` also return the :class:`Canonicalization`. Keyword
-        arguments go to the predictor (those in ``keyword_actions`` canonicalized with ``x``)."""
-        result = self.canonicalizer(x)
+        arguments go to the predictor (those in ``keyword_actions`` canonicalized with ``x``); a ``mask`` (a padding
+        mask ``(B, N)`` of variable-size point sets) also goes to the canonicalizer where it takes one
+        (``canonicalizer.accepts_mask``: VectorNeurons, ParticleVectorNeurons)."""
+        result = self._canonicalize(x, kwargs)
         out = self._predict(result.canonical, result.pose, kwargs)
         return (out, result) if return_canonicalization else out
+
+    def _canonicalize(self, x: torch.Tensor, kwargs: Mapping[str, Any]) -> Canonicalization:
+        """The canonicalizer on ``x``, with the call's ``mask`` where it takes one."""
+        mask = kwargs.get("mask")
+        if mask is not None and self.canonicalizer.accepts_mask:
+            return self.canonicalizer(x, mask=mask)
+        return self.canonicalizer(x)
 
     def _predict(self, canonical: torch.Tensor, pose: torch.Tensor, kwargs: Mapping[str, Any] | None = None) -> Any:
         """``pose ⋆ predictor(canonical, **kwargs)``: predictions on canonical inputs ``(N, *)``, moved back by their
@@ -367,7 +376,7 @@ class WeightedCanonicalized(Canonicalized):
         """Predict on ``x: (B, *)``; with ``return_canonicalization`` also return the canonicalizer's
         :class:`Canonicalization` (its ``pose`` is the best of the ``k``). Keyword arguments go to the predictor,
         per-input tensors repeated for the ``k`` copies (those in ``keyword_actions`` moved with them)."""
-        result = self.canonicalizer(x)
+        result = self._canonicalize(x, kwargs)
         if self.top_k == 1:
             out = self._predict(result.canonical, result.pose, kwargs)
             return (out, result) if return_canonicalization else out
@@ -522,7 +531,7 @@ class Symmetrized(Canonicalized):
         ``return_canonicalization`` also the canonicalizer's :class:`Canonicalization` (its ``pose`` is the argmax,
         not a draw). Keyword arguments go to the predictor, per-input tensors repeated for the draws (those in
         ``keyword_actions`` moved with them); structured predictions are estimated tensor by tensor."""
-        result = self.canonicalizer(x)
+        result = self._canonicalize(x, kwargs)
         gen = _check_generator(generator) or self.generator
         poses, log_p = self.canonicalizer.sampled_poses(x, result, self.samples, self.temperature, gen)
         k = self.samples
@@ -648,20 +657,6 @@ def _check_merge(merge: object, owner: str) -> str:
     return str(merge)
 
 
-def _check_mask(mask: object, batch: int, n: int, device: torch.device) -> torch.Tensor:
-    """A padding mask ``(B, N)`` bool with at least one real element per row, else a typed error."""
-    if not isinstance(mask, torch.Tensor):
-        raise DTypeError(f"mask: expected a bool tensor ({batch}, {n}), got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise DTypeError(f"mask: expected dtype torch.bool (True: a real element), got {mask.dtype}")
-    if tuple(mask.shape) != (batch, n):
-        raise ShapeError(f"mask: expected shape ({batch}, {n}), one entry per element, got {format_shape(mask.shape)}")
-    mask = mask.to(device)
-    if not bool(mask.any(dim=1).all()):
-        raise InputValueError("mask: every row needs at least one real element (True); got a row of padding only")
-    return mask
-
-
 def pca_frames(points: torch.Tensor, group: Group, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Frames of Puny et al. (2022) from principal axes: ``(B, K, 3, 3)`` orthogonal matrices.
 
@@ -736,7 +731,7 @@ class FrameAveraged(_Averaging):
         b = x.shape[0]
         positions = x[..., :3]
         if mask is not None:
-            mask = _check_mask(mask, b, sizes["N"], x.device)
+            mask = check_mask(mask, x)
             kwargs = {**kwargs, "mask": mask}
         try:
             frames = pca_frames(positions, self.group, mask)  # (B, K, 3, 3)

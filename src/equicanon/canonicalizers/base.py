@@ -17,6 +17,7 @@ from ..errors import (
     DeviceError,
     DTypeError,
     GroupMismatchError,
+    InputValueError,
     ShapeError,
     check_finite,
     format_shape,
@@ -95,8 +96,12 @@ class Canonicalizer(nn.Module, abc.ABC):
     def forward(self, x: torch.Tensor) -> Canonicalization:
         """Canonicalize a batch ``x``."""
 
-    def __call__(self, x: torch.Tensor) -> Canonicalization:  # typed for users and checkers
-        """Canonicalize ``x`` (see :meth:`forward`).
+    #: whether :meth:`forward` takes ``mask=`` (a padding mask ``(B, N)`` of variable-size point sets)
+    accepts_mask: bool = False
+
+    def __call__(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> Canonicalization:  # typed for users
+        """Canonicalize ``x`` (see :meth:`forward`); ``mask``: ``(B, N)`` bool, True for the real elements of a
+        padded batch, for canonicalizers that take one (:attr:`accepts_mask`; else a :class:`ConfigError`).
 
         Raises:
             ShapeError: a non-batch dimension of ``x`` is 0 (an empty batch, ``B = 0``, is fine).
@@ -113,7 +118,12 @@ class Canonicalizer(nn.Module, abc.ABC):
             require_square(x, repr(group))  # before any network sees a (cropped) view of a non-square image
         if self.check_inputs and isinstance(x, torch.Tensor) and reads_values(x):
             check_finite(x, f"{type(self).__name__}: x")
-        return call_with_typed_errors(self, super().__call__, x)
+        if mask is None:
+            return call_with_typed_errors(self, super().__call__, x)
+        if not self.accepts_mask:
+            raise ConfigError(f"{type(self).__name__} takes no padding mask; canonicalizers of variable-size point "
+                              "sets that do: VectorNeurons, ParticleVectorNeurons")
+        return call_with_typed_errors(self, super().__call__, x, mask=mask)
 
     @abc.abstractmethod
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,6 +228,25 @@ class Canonicalizer(nn.Module, abc.ABC):
         """Raise :class:`GroupMismatchError` if ``action`` acts with a group other than ``self.group``."""
         if action.group is not None and action.group != self.group:
             raise GroupMismatchError(f"{what} {action!r} acts with {action.group}, but the canonicalizer uses {self.group}")
+
+
+def check_mask(mask: object, x: torch.Tensor) -> torch.Tensor | None:
+    """A padding mask for the sets ``x (B, N, ...)``: ``None``, or ``(B, N)`` bool with at least one real (True)
+    element per set, moved to ``x``'s device; else a typed error."""
+    if mask is None:
+        return None
+    b, n = x.shape[0], x.shape[1]
+    if not isinstance(mask, torch.Tensor):
+        raise DTypeError(f"mask: expected a bool tensor ({b}, {n}), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise DTypeError(f"mask: expected dtype torch.bool (True: a real element), got {mask.dtype}")
+    if tuple(mask.shape) != (b, n):
+        raise ShapeError(f"mask: expected shape ({b}, {n}), one entry per element of x {format_shape(x.shape)}, "
+                         f"got {format_shape(mask.shape)}")
+    mask = mask.to(x.device)
+    if b and not bool(mask.any(dim=1).all()):
+        raise InputValueError("mask: every set needs at least one real element (True); got a set of padding only")
+    return mask
 
 
 def call_with_typed_errors(module: nn.Module, call: Callable[..., Any], x: object, *args: Any, **kwargs: Any) -> Any:

@@ -12,8 +12,8 @@ from torch import nn
 from ..actions import Particles, Points
 from ..errors import ConfigError, check_floating, check_number, check_positive_int, check_shape
 from ..groups import E3, O3, SE3, SO3, Group, RigidGroup, as_group
-from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool
-from .base import Canonicalization, RegistryCase, register
+from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool, masked_mean
+from .base import Canonicalization, RegistryCase, check_mask, register
 from .frames import VectorFrames
 from .functional import gram_schmidt_with_margin, matrix_prior
 
@@ -51,22 +51,25 @@ class _Trunk(nn.Module):
         self.context = context
         self.blocks = _blocks(in_channels, hidden, layers, batch_norm, smoothing, context=context)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask (B, N)`` (True: a real point): the context means and batch statistics are over real points."""
         for block in self.blocks:
             if self.context:
-                v = torch.cat([v, v.mean(dim=1, keepdim=True).expand_as(v)], dim=-2)
-            v = block(v)
+                v = torch.cat([v, masked_mean(v, mask, keepdim=True).expand_as(v)], dim=-2)
+            for layer in cast(nn.Sequential, block):
+                v = layer(v, mask) if isinstance(layer, VNBatchNorm) else layer(v)
         return v
 
 
-def _rms_norm(v: torch.Tensor) -> torch.Tensor:
+def _rms_norm(v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``sqrt(mean_i |v_i|²)`` of vectors ``v: (B, N, 3)``, ``(B, 1, 1)``, without under- or overflow (divided by a
-    power of two near the largest entry first); 1 where it is 0, so that an all-zero sample stays zero."""
+    power of two near the largest entry first); 1 where it is 0, so that an all-zero sample stays zero. With
+    ``mask (B, N)`` the mean is over the real points (padded rows of ``v`` must be 0)."""
     big = v.detach().abs().amax(dim=(1, 2), keepdim=True)
     power = torch.ldexp(torch.ones_like(big), torch.frexp(big).exponent)
     power = torch.where(torch.isfinite(power) & (power > 0), power, torch.ones_like(power))
     scaled = v / power
-    square = (scaled * scaled).sum(-1).mean(dim=1)[:, None, None]
+    square = masked_mean((scaled * scaled).sum(-1), mask)[:, None, None]
     positive = square > 0
     # the square root of 1 where the sample is zero: finite gradients (zero) there, not 0 * inf
     rms = torch.sqrt(torch.where(positive, square, torch.ones_like(square))) * power
@@ -112,17 +115,17 @@ class _FrameHead(nn.Module):
         square root of ``dtype``'s machine epsilon (the frames themselves are orthonormalised in float64)."""
         return max(self.eps, math.sqrt(torch.finfo(dtype).eps))
 
-    def forward(self, features: torch.Tensor, pool: nn.Module
+    def forward(self, features: torch.Tensor, pool: nn.Module, mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(pose (B, 3, 3) float64, vectors (B, 3, m), margin (B,) float64, scale (B,))``, ``m = self.vectors``;
         ``scale`` (detached) is the reference size of the degeneracy test (``extras["scale"]``, which weighted
         frames use too)."""
-        vectors = self.out(pool(features)).transpose(1, 2)  # (B, 3, m): vectors as columns
+        vectors = self.out(pool(features, mask)).transpose(1, 2)  # (B, 3, m): vectors as columns
         # Degeneracy is judged against the size the output vectors would have without cancellation in the
         # pooling, Σ_c |W_oc| mean_i |v_ic|: vectors that vanish by the input's symmetry (a centred line,
         # coincident points) are rounding noise of that size, not directions.
         with torch.no_grad():
-            sizes = pool(torch.linalg.vector_norm(features, dim=-1)[..., None])[..., 0]  # (B, C)
+            sizes = pool(torch.linalg.vector_norm(features, dim=-1)[..., None], mask)[..., 0]  # (B, C)
             scale = (sizes @ self.out.weight.abs().t().to(sizes)).amax(dim=-1)
         # Orthonormalised in float64 (B x 3 x 3: cheap), with the threshold of the network's dtype: its rounding
         # noise still counts as degenerate, but Gram–Schmidt adds no rounding error of its own.
@@ -191,12 +194,18 @@ class VectorNeurons(VectorFrames):
         self.pool = VNMeanPool()
         self.head = _FrameHead(hidden, special, eps, vectors)
 
-    def forward(self, x: torch.Tensor) -> Canonicalization:
+    accepts_mask = True
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> Canonicalization:
         """Canonicalize ``x: (B, N, 3)``: ``canonical (B, N, 3)``, ``pose (B, 3, 3)``, ``margin (B,)`` and
-        ``extras["vectors"] (B, 3, vectors)``."""
+        ``extras["vectors"] (B, 3, vectors)``. ``mask (B, N)`` bool (True: a real point) for padded batches
+        (:func:`equicanon.data.pad_sets`): padded points are never neighbours nor pooled, so the pose and the
+        real points' canonical form do not depend on the padding (the padded rows are moved too)."""
         check_shape(x, "B N 3", name="points")
         check_floating(x, "points")
-        pose, vectors, margin, scale = self.head(self.trunk(self.edge(x.to(_network_dtype(x, self.head)))), self.pool)
+        mask = check_mask(mask, x)
+        net = x.to(_network_dtype(x, self.head))
+        pose, vectors, margin, scale = self.head(self.trunk(self.edge(net, mask), mask), self.pool, mask)
         canonical = (x.double() @ pose).to(x.dtype)  # row i: (R^T x_i)^T
         return Canonicalization(canonical, pose.to(x.dtype), self.group, extras={"vectors": vectors, "scale": scale},
                                 margin=margin.to(x.dtype))
@@ -252,20 +261,27 @@ class ParticleVectorNeurons(VectorFrames):
         width = hidden if layers > 0 else 3 * (1 + features)
         self.head = _FrameHead(width, special, eps, vectors)
 
-    def forward(self, x: torch.Tensor) -> Canonicalization:
-        """Canonicalize particles ``x: (B, N, 6 + features)``."""
+    accepts_mask = True
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> Canonicalization:
+        """Canonicalize particles ``x: (B, N, 6 + features)``. ``mask (B, N)`` bool (True: a real particle) for
+        padded batches (:func:`equicanon.data.pad_sets`): the centroid, the scales, the context means, the batch
+        statistics and the pooling are over the real particles, so the pose and their canonical form do not
+        depend on the padding."""
         check_shape(x, "B N F", F=6 + self.features, name="particles")
         check_floating(x, "particles")
+        mask = check_mask(mask, x)
         pos, vel, feat = x[..., 0:3].double(), x[..., 3:6].double(), x[..., 6:]
-        centroid = pos.mean(dim=1)  # (B, 3)
+        centroid = masked_mean(pos, mask)  # (B, 3)
         rel = pos - centroid[:, None, :]
-        r = rel / _rms_norm(rel)
-        v = vel / _rms_norm(vel)
+        real = None if mask is None else mask[..., None].to(rel.dtype)
+        r = (rel if real is None else rel * real) / _rms_norm(rel if real is None else rel * real, mask)
+        v = (vel if real is None else vel * real) / _rms_norm(vel if real is None else vel * real, mask)
         dtype = _network_dtype(x, self.head)
         base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(dtype)  # (B, N, 3, 3)
         scaled = [base * feat[..., i, None, None].to(dtype) for i in range(self.features)]
         vectors_in = torch.cat([base, *scaled], dim=-2)  # (B, N, 3(1 + k), 3)
-        rotation, vectors, margin, scale = self.head(self.trunk(vectors_in), self.pool)
+        rotation, vectors, margin, scale = self.head(self.trunk(vectors_in, mask), self.pool, mask)
         canonical = torch.cat([(rel @ rotation).to(x.dtype), (vel @ rotation).to(x.dtype), feat], dim=-1)
         pose = self.group.from_parts(rotation, centroid).to(x.dtype)
         return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors, "scale": scale},

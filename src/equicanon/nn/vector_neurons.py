@@ -15,17 +15,27 @@ from torch import nn
 
 from ..errors import ShapeError, check_number, check_positive_int
 
-__all__ = ["knn", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
+__all__ = ["knn", "masked_mean", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
 
 
 #: distances per block of :func:`knn` (``2**24`` float32 = 64 MiB); smaller clouds are done in one block
 KNN_BLOCK = 2**24
 
 
-def knn(points: torch.Tensor, k: int) -> torch.Tensor:
+def masked_mean(v: torch.Tensor, mask: torch.Tensor | None, dim: int = 1, keepdim: bool = False) -> torch.Tensor:
+    """Mean of ``v`` over axis ``dim`` (the points), over the real points only where ``mask (B, N)`` (True: real)
+    is given; ``v`` is ``(B, N, ...)``."""
+    if mask is None:
+        return v.mean(dim=dim, keepdim=keepdim)
+    w = mask.to(v.dtype).reshape(*mask.shape, *([1] * (v.ndim - mask.ndim)))
+    return (v * w).sum(dim=dim, keepdim=keepdim) / w.sum(dim=dim, keepdim=keepdim).clamp_min(1)
+
+
+def knn(points: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Indices ``(B, N, k)`` of the ``k`` nearest points of each point (itself included), plain torch.
 
-    Distances are rotation- and translation-invariant, so neighbourhoods are too.
+    Distances are rotation- and translation-invariant, so neighbourhoods are too. With ``mask (B, N)`` (True:
+    a real point) padded points are farther than every real one, so they come last; the caller ignores them.
     """
     if points.ndim != 3:
         raise ShapeError(f"points: expected (B, N, d), got shape {tuple(points.shape)}")
@@ -39,6 +49,8 @@ def knn(points: torch.Tensor, k: int) -> torch.Tensor:
     parts = []
     for i in range(0, n, rows):
         dist = sq[:, i:i + rows, None] + sq[:, None, :] - 2 * points[:, i:i + rows] @ points.transpose(1, 2)
+        if mask is not None:
+            dist = dist.masked_fill(~mask[:, None, :], float("inf"))
         parts.append(dist.topk(k, dim=-1, largest=False).indices)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
@@ -100,8 +112,14 @@ class VNBatchNorm(nn.Module):
         self.bn = nn.BatchNorm1d(channels)
         self.eps = eps
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask (B, N)`` (True: a real point; for ``(B, N, C, 3)``): the statistics, and the output, come from the
+        real points only; padded points keep their vectors."""
         norm = torch.sqrt((v * v).sum(-1) + self.eps**2)  # (..., C)
+        if mask is not None and v.ndim == 4:
+            scaled = norm.clone()
+            scaled[mask] = self.bn(norm[mask])  # (real points, C)
+            return v * (scaled / norm)[..., None]
         flat = norm.reshape(-1, norm.shape[-1])
         scaled = self.bn(flat).reshape(norm.shape)
         return v * (scaled / norm)[..., None]
@@ -110,8 +128,9 @@ class VNBatchNorm(nn.Module):
 class VNMeanPool(nn.Module):
     """Mean over points: ``(B, N, C, 3) → (B, C, 3)``; permutation invariant, rotation equivariant."""
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return v.mean(dim=1)
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask (B, N)``: the mean over the real points only."""
+        return masked_mean(v, mask)
 
 
 class VNInvariant(nn.Module):
@@ -145,17 +164,23 @@ class VNEdgeConv(nn.Module):
         self.linear = VNLinear(3 if cross else 2, out_channels)
         self.act = VNLeakyReLU(out_channels, smoothing=smoothing)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask (B, N)`` (True: a real point): padded points are never neighbours (the mean over neighbours is
+        over the real ones, ``min(k, N_real)`` of them, as for the unpadded cloud)."""
         if x.ndim != 3 or x.shape[-1] != 3:
             raise ShapeError(f"points: expected (B, N, 3), got shape {tuple(x.shape)}")
         b, n, _ = x.shape
-        idx = knn(x, self.k)  # (B, N, k)
+        idx = knn(x, self.k, mask)  # (B, N, k)
         neighbours = torch.gather(x[:, None].expand(b, n, n, 3), 2, idx[..., None].expand(*idx.shape, 3))
         centre = x[:, :, None, :].expand_as(neighbours)
         channels = [neighbours - centre, centre]
         if self.cross:
             channels.append(torch.linalg.cross(centre, neighbours, dim=-1))
         edges = torch.stack(channels, dim=-2)  # (B, N, k, c, 3)
-        return self.act(self.linear(edges)).mean(dim=2)
+        out = self.act(self.linear(edges))
+        if mask is None:
+            return out.mean(dim=2)
+        valid = torch.gather(mask[:, None].expand(b, n, n), 2, idx).to(out.dtype)[..., None, None]  # (B, N, k, 1, 1)
+        return (out * valid).sum(dim=2) / valid.sum(dim=2).clamp_min(1)
 
 
