@@ -185,3 +185,60 @@ def test_canonicalized_passes_the_mask_to_the_canonicalizer_and_the_predictor():
         canon(x, mask=mask[:, :5])
     with pytest.raises(DTypeError, match=r"torch\.bool"):
         canon(x, mask=mask.double())
+
+
+# --- Sort on padded sets ----------------------------------------------------------------------------------------
+
+def _sort(n: int) -> ec.canonicalizers.Sort:
+    torch.manual_seed(0)  # the DeepSets scorer's weights do not depend on n
+    return ec.canonicalizers.Sort(ec.S(n), 3, hidden=8).double()
+
+
+def test_sort_orders_the_real_elements_whatever_the_padding():
+    items = [torch.randn(k, 3, generator=torch.Generator().manual_seed(k), dtype=torch.float64) for k in (4, 2, 6)]
+    results = []
+    for length, seed in ((6, 1), (9, 2)):
+        x, mask = _junk_padded(items, length, seed)
+        res = _sort(length)(x, mask=mask)
+        for i, item in enumerate(items):
+            assert bool(mask[i][res.pose[i, :len(item)]].all())  # the real elements come first
+            assert torch.equal(res.pose[i, len(item):], torch.arange(len(item), length))  # padding after, in order
+        results.append(res)
+    for i, item in enumerate(items):
+        assert torch.equal(results[0].pose[i, :len(item)], results[1].pose[i, :len(item)])
+        assert torch.allclose(results[0].canonical[i, :len(item)], results[1].canonical[i, :len(item)], atol=1e-12)
+        assert torch.allclose(results[0].margin, results[1].margin, atol=1e-12)
+    alone = _sort(6)(items[2][None])  # a full set: the same as unmasked
+    assert torch.equal(alone.pose[0], results[0].pose[2])
+
+
+def test_sort_masked_poses_follow_a_permutation_of_the_real_elements():
+    items = [torch.randn(5, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)]
+    x, mask = _junk_padded(items, 8, 3)
+    canon = _sort(8)
+    res = canon(x, mask=mask)
+    perm = torch.tensor([[4, 2, 0, 1, 3, 5, 6, 7]])  # moves the real elements among themselves
+    moved = ec.actions.Set(ec.S(8))(perm, x)
+    moved_mask = ec.actions.Set(ec.S(8))(perm, mask)
+    again = canon(moved, mask=moved_mask)
+    assert torch.allclose(again.canonical[0, :5], res.canonical[0, :5], atol=1e-12)
+    assert torch.equal(again.pose, ec.S(8).compose(perm, res.pose))
+
+
+def test_sort_with_a_mask_in_canonicalized_and_what_it_refuses():
+    seen: dict[str, torch.Tensor] = {}
+
+    class SetPool(nn.Module):
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            seen["mask"] = mask
+            return (x * mask[..., None]).sum(dim=1)
+
+    items = [torch.randn(k, 3, generator=torch.Generator().manual_seed(k), dtype=torch.float64) for k in (3, 5)]
+    x, mask = _junk_padded(items, 7, 4)
+    canon = _sort(7)
+    model = ec.Canonicalized(SetPool(), canon, keyword_actions={"mask": ec.actions.Set(ec.S(7))})
+    out = model(x, mask=mask)
+    assert torch.equal(seen["mask"], torch.arange(7)[None] < torch.tensor([[3], [5]]))  # real elements first
+    assert torch.allclose(out, torch.stack([item.sum(dim=0) for item in items]), atol=1e-12)
+    with pytest.raises(ec.errors.ConfigError, match="padded sets"):
+        canon.sampled_poses(x, canon(x, mask=mask), 2)

@@ -11,7 +11,7 @@ from ..actions import Set
 from ..errors import ConfigError, ShapeError, check_floating, check_positive_int
 from ..groups import Group, S, as_group
 from ..nn.sets import DeepSetsScorer
-from .base import Canonicalization, Canonicalizer, RegistryCase, register
+from .base import Canonicalization, Canonicalizer, RegistryCase, check_mask, register
 from .functional import sorted_gap, straight_through
 
 __all__ = ["Sort", "soft_sort_matrix"]
@@ -59,21 +59,32 @@ class Sort(Canonicalizer):
         self.temperature = float(temperature)
         self.scorer = DeepSetsScorer(in_features, hidden, layers)
 
-    def forward(self, x: torch.Tensor) -> Canonicalization:
-        """Canonicalize sets ``x: (B, n, F)``."""
+    accepts_mask = True
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> Canonicalization:
+        """Canonicalize sets ``x: (B, n, F)``. ``mask (B, n)`` bool (True: a real element) for sets of different
+        sizes padded to ``n``: the scorer's set means are over the real elements and padded elements sort last,
+        so the real elements' order (the first ``N_real`` entries of the pose) does not depend on the padding.
+        The canonical form permutes the elements, so a predictor that takes the mask needs it permuted as well:
+        ``Canonicalized(..., keyword_actions={"mask": ec.actions.Set(group)})`` (its real elements come first)."""
         n = cast(S, self.group).n
         if x.ndim != 3 or x.shape[1:] != (n, self.in_features):
             raise ShapeError(f"sets: expected (B, {n}, {self.in_features}), got shape {tuple(x.shape)}")
         check_floating(x, "sets")
-        scores = self.scorer(x)  # (B, n)
+        mask = check_mask(mask, x)
+        scores = self.scorer(x, mask)  # (B, n)
+        if mask is not None:  # padding sorts last: above every real score (detached: no gradient to padding)
+            top = scores.detach().masked_fill(~mask, float("-inf")).amax(dim=1, keepdim=True)
+            scores = torch.where(mask, scores, top + 1)
         pose = scores.argsort(dim=-1, stable=True)
         hard = x.gather(1, pose[..., None].expand_as(x))
         canonical = hard
         if torch.is_grad_enabled() and scores.requires_grad:
             soft = soft_sort_matrix(scores, self.temperature).to(x.dtype) @ x
             canonical = straight_through(hard, soft)
-        return Canonicalization(canonical, pose, self.group, logits=None, extras={"scores": scores},
-                                margin=sorted_gap(scores))
+        extras = {"scores": scores} if mask is None else {"scores": scores, "mask": mask}
+        return Canonicalization(canonical, pose, self.group, logits=None, extras=extras,
+                                margin=sorted_gap(scores) if mask is None else _real_gap(scores, mask))
 
     # --- sampled poses (Symmetrized): Gumbel-perturbed sorts, i.e. Plackett–Luce permutations -----------------
 
@@ -96,6 +107,9 @@ class Sort(Canonicalizer):
         permutations. The draws are discrete: ``log p`` (differentiable in the scores) is for the caller's
         score-function gradient.
         """
+        if "mask" in result.extras:
+            raise ConfigError("Sort: sampling poses of padded sets (a mask) is not supported; use Canonicalized, or "
+                              "batch sets of one size")
         scores = result.extras.get("scores")
         if scores is None or scores.shape != (x.shape[0], cast(S, self.group).n):
             raise ShapeError(f"expected this Sort's result for {x.shape[0]} sets, with its scores "
@@ -121,6 +135,16 @@ class Sort(Canonicalizer):
             "Sort has no prior loss: a set has no preferred order, so pulling poses towards the identity "
             "permutation would only teach the scorer the input order. Train with the task loss alone."
         )
+
+
+def _real_gap(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The smallest gap between consecutive sorted scores of the real elements ``(B,)`` (``inf`` for one)."""
+    ordered = scores.detach().sort(dim=-1, stable=True).values
+    gaps = ordered.diff(dim=-1)  # (B, n - 1); the real elements come first
+    count = mask.sum(dim=1, keepdim=True)
+    real_pair = torch.arange(gaps.shape[1], device=scores.device)[None] < count - 1
+    return torch.where(real_pair, gaps, torch.full_like(gaps, float("inf"))).amin(dim=1) if gaps.shape[1] else \
+        torch.full(scores.shape[:1], float("inf"), dtype=scores.dtype, device=scores.device)
 
 
 def _cases() -> list[RegistryCase]:

@@ -19,10 +19,15 @@ class DeepSetsLayer(nn.Module):
         self.own = nn.Linear(in_features, out_features)
         self.pooled = nn.Linear(in_features, out_features, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask (B, n)`` (True: a real element): the mean is over the real elements only."""
         if x.ndim != 3 or x.shape[-1] != self.own.in_features:
             raise ShapeError(f"DeepSetsLayer: expected (B, n, {self.own.in_features}), got shape {tuple(x.shape)}")
-        return self.own(x) + self.pooled(x.mean(dim=1, keepdim=True))
+        if mask is None:
+            return self.own(x) + self.pooled(x.mean(dim=1, keepdim=True))
+        w = mask.to(x.dtype)[..., None]
+        mean = (x * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1)
+        return self.own(x) + self.pooled(mean)
 
 
 class DeepSetsScorer(nn.Module):
@@ -40,5 +45,10 @@ class DeepSetsScorer(nn.Module):
         blocks.append(DeepSetsLayer(width, 1))
         self.net = nn.Sequential(*blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``(B, n)``; with ``mask (B, n)`` the set means are over the real elements."""
+        if mask is None:
+            return self.net(x).squeeze(-1)
+        for layer in self.net:
+            x = layer(x, mask) if isinstance(layer, DeepSetsLayer) else layer(x)
+        return x.squeeze(-1)
