@@ -242,3 +242,19 @@ def test_sort_with_a_mask_in_canonicalized_and_what_it_refuses():
     assert torch.allclose(out, torch.stack([item.sum(dim=0) for item in items]), atol=1e-12)
     with pytest.raises(ec.errors.ConfigError, match="padded sets"):
         canon.sampled_poses(x, canon(x, mask=mask), 2)
+
+
+def test_point_encoder_pools_over_the_real_points_and_canonicalized_molecules_ignore_padding():
+    """``PointEncoder(x, mask=m)`` equals the encoder on each cloud alone; with ``ParticleVectorNeurons`` behind
+    ``Canonicalized``, a padded batch of particle systems gets the predictions of the systems alone."""
+    torch.manual_seed(0)
+    encoder = ec.models.PointEncoder(7, 2, 16).double().eval()
+    items = _items("SE3", [5, 8, 3], seed=11)
+    x, mask = _junk_padded(items, 12, 9)
+    alone = torch.cat([encoder(item[None]) for item in items])
+    assert torch.allclose(encoder(x, mask=mask), alone, atol=1e-12, rtol=0.0)
+    model = ec.Canonicalized(encoder, _canonicalizer("SE3").eval())
+    alone = torch.cat([model(item[None]) for item in items])
+    assert torch.allclose(model(x, mask=mask), alone, atol=1e-10, rtol=0.0)
+    with pytest.raises(InputValueError, match="at least one real element"):
+        encoder(x, mask=torch.zeros_like(mask))

@@ -11,7 +11,7 @@ from torch import nn
 
 from .actions import Action, Image
 from .actions.structured import apply_action, as_output_action, flatten, unflatten
-from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_typed_errors, check_mask
+from .canonicalizers.base import Canonicalization, Canonicalizer, call_with_typed_errors
 from .canonicalizers.functional import explained, sample_categorical, top_k_weights
 from .errors import (
     ConfigError,
@@ -20,6 +20,7 @@ from .errors import (
     InputValueError,
     ShapeError,
     check_floating,
+    check_mask,
     check_positive_int,
     check_shape,
     format_shape,

@@ -30,6 +30,7 @@ __all__ = [
     "check_finite",
     "check_choice",
     "check_positive_int",
+    "check_mask",
     "format_shape",
     "suggest",
 ]
@@ -206,3 +207,22 @@ def suggest(name: str, options: Mapping[str, object] | Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``options``, or ``""``."""
     close = difflib.get_close_matches(name, list(options), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_mask(mask: object, x: torch.Tensor) -> torch.Tensor | None:
+    """A padding mask for the sets ``x (B, N, ...)``: ``None``, or ``(B, N)`` bool with at least one real (True)
+    element per set, moved to ``x``'s device; else a typed error."""
+    if mask is None:
+        return None
+    b, n = x.shape[0], x.shape[1]
+    if not isinstance(mask, torch.Tensor):
+        raise DTypeError(f"mask: expected a bool tensor ({b}, {n}), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise DTypeError(f"mask: expected dtype torch.bool (True: a real element), got {mask.dtype}")
+    if tuple(mask.shape) != (b, n):
+        raise ShapeError(f"mask: expected shape ({b}, {n}), one entry per element of x {format_shape(x.shape)}, "
+                         f"got {format_shape(mask.shape)}")
+    mask = mask.to(x.device)
+    if b and not bool(mask.any(dim=1).all()):
+        raise InputValueError("mask: every set needs at least one real element (True); got a set of padding only")
+    return mask

@@ -17,7 +17,6 @@ from ..errors import (
     DeviceError,
     DTypeError,
     GroupMismatchError,
-    InputValueError,
     ShapeError,
     check_finite,
     format_shape,
@@ -228,25 +227,6 @@ class Canonicalizer(nn.Module, abc.ABC):
         """Raise :class:`GroupMismatchError` if ``action`` acts with a group other than ``self.group``."""
         if action.group is not None and action.group != self.group:
             raise GroupMismatchError(f"{what} {action!r} acts with {action.group}, but the canonicalizer uses {self.group}")
-
-
-def check_mask(mask: object, x: torch.Tensor) -> torch.Tensor | None:
-    """A padding mask for the sets ``x (B, N, ...)``: ``None``, or ``(B, N)`` bool with at least one real (True)
-    element per set, moved to ``x``'s device; else a typed error."""
-    if mask is None:
-        return None
-    b, n = x.shape[0], x.shape[1]
-    if not isinstance(mask, torch.Tensor):
-        raise DTypeError(f"mask: expected a bool tensor ({b}, {n}), got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise DTypeError(f"mask: expected dtype torch.bool (True: a real element), got {mask.dtype}")
-    if tuple(mask.shape) != (b, n):
-        raise ShapeError(f"mask: expected shape ({b}, {n}), one entry per element of x {format_shape(x.shape)}, "
-                         f"got {format_shape(mask.shape)}")
-    mask = mask.to(x.device)
-    if b and not bool(mask.any(dim=1).all()):
-        raise InputValueError("mask: every set needs at least one real element (True); got a set of padding only")
-    return mask
 
 
 def call_with_typed_errors(module: nn.Module, call: Callable[..., Any], x: object, *args: Any, **kwargs: Any) -> Any:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ..actions import Particles, Points
-from ..errors import ConfigError, check_floating, check_number, check_positive_int, check_shape
+from ..errors import ConfigError, check_floating, check_mask, check_number, check_positive_int, check_shape
 from ..groups import E3, O3, SE3, SO3, Group, RigidGroup, as_group
 from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool, masked_mean
-from .base import Canonicalization, RegistryCase, check_mask, register
+from .base import Canonicalization, RegistryCase, register
 from .frames import VectorFrames
 from .functional import gram_schmidt_with_margin, matrix_prior
 

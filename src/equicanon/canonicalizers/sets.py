@@ -8,10 +8,10 @@ from typing import cast
 import torch
 
 from ..actions import Set
-from ..errors import ConfigError, ShapeError, check_floating, check_positive_int
+from ..errors import ConfigError, ShapeError, check_floating, check_mask, check_positive_int
 from ..groups import Group, S, as_group
 from ..nn.sets import DeepSetsScorer
-from .base import Canonicalization, Canonicalizer, RegistryCase, check_mask, register
+from .base import Canonicalization, Canonicalizer, RegistryCase, register
 from .functional import sorted_gap, straight_through
 
 __all__ = ["Sort", "soft_sort_matrix"]

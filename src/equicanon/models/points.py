@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import check_positive_int, check_shape
+from ..errors import check_mask, check_positive_int, check_shape
 
 __all__ = ["PointEncoder"]
 
@@ -26,7 +26,9 @@ class PointEncoder(nn.Module):
         out_dim: size of the output (the attribute ``out_dim``).
         hidden: width of the per-point MLP.
 
-    Shapes: ``(N, P, dim)`` to ``(N, out_dim)``; invariant to the order of the ``P`` points.
+    Shapes: ``(N, P, dim)`` to ``(N, out_dim)``; invariant to the order of the ``P`` points. ``mask (N, P)``
+    bool (True: a real point) pools over the real points only, so padded clouds (:func:`equicanon.data.pad_sets`)
+    give the outputs of the clouds alone.
     """
 
     def __init__(self, dim: int = 3, out_dim: int = 64, hidden: int = 64) -> None:
@@ -37,8 +39,14 @@ class PointEncoder(nn.Module):
         self.point_mlp = nn.Sequential(nn.Linear(dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
         self.head = nn.Linear(2 * h, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``(N, out_dim)`` of point clouds ``x: (N, P, dim)``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs ``(N, out_dim)`` of point clouds ``x: (N, P, dim)`` (``mask (N, P)``: over the real points)."""
         check_shape(x, "N P d", d=self.dim)
         f = self.point_mlp(x)
-        return self.head(torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=-1))
+        mask = check_mask(mask, x)
+        if mask is None:
+            return self.head(torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=-1))
+        real = mask[..., None]
+        largest = f.masked_fill(~real, float("-inf")).amax(dim=1)
+        mean = (f * real.to(f.dtype)).sum(dim=1) / real.sum(dim=1).to(f.dtype)
+        return self.head(torch.cat([largest, mean], dim=-1))
