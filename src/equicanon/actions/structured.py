@@ -47,25 +47,6 @@ def _unsupported(obj: object) -> DTypeError:
                       f"values: numbers, strings, None), got {type(obj).__name__}")
 
 
-def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
-    """``obj`` with ``fn`` applied to every tensor in it (tuples, lists, dicts and dataclasses are rebuilt with
-    the same type; plain values are kept); a :class:`DTypeError` for any other type."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, _PLAIN):
-        return obj
-    if isinstance(obj, Mapping):
-        values = {k: map_tensors(fn, v) for k, v in obj.items()}
-        return values if type(obj) is dict else cast(Any, type(obj))(values)
-    if _is_dataclass_instance(obj):
-        return _rebuild(obj, {k: map_tensors(fn, v) for k, v in _fields(obj).items()})
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
-        return type(obj)(*(map_tensors(fn, v) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(map_tensors(fn, v) for v in obj)
-    raise _unsupported(obj)
-
-
 # --------------------------------------------------------------------------------------------- flatten
 
 #: how a prediction is put back together: ("tensor",), ("plain", value), ("mapping", type, keys, children),
@@ -118,6 +99,13 @@ def unflatten(tree: TreeDef, leaves: Sequence[Any]) -> Any:
     return build(tree)
 
 
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it (tuples, lists, dicts and dataclasses are rebuilt with
+    the same type; plain values are kept); a :class:`DTypeError` for any other type."""
+    leaves, tree = flatten(obj)
+    return unflatten(tree, [fn(t) for t in leaves])
+
+
 # --------------------------------------------------------------------------------------------- actions
 
 def apply_action(action: Action, g: torch.Tensor, prediction: Any) -> Any:
@@ -126,7 +114,7 @@ def apply_action(action: Action, g: torch.Tensor, prediction: Any) -> Any:
     if isinstance(prediction, torch.Tensor) or isinstance(action, Structured):
         return action(g, prediction)
     if isinstance(action, Trivial):
-        map_tensors(lambda t: t, prediction)  # refuse unsupported types here too
+        flatten(prediction)  # refuse unsupported types here too
         return prediction
     return map_tensors(lambda t: action(g, t), prediction)
 
