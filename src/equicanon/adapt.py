@@ -26,6 +26,7 @@ from .errors import (
     format_shape,
 )
 from .groups import FiniteGroup, Group, RigidGroup, as_group
+from .nn.masking import masked_mean
 
 __all__ = ["Canonicalized", "WeightedCanonicalized", "Symmetrized", "GroupAveraged", "FrameAveraged", "pca_frames",
            "top_k_weights"]
@@ -670,12 +671,9 @@ def pca_frames(points: torch.Tensor, group: Group, mask: torch.Tensor | None = N
     when the three eigenvalues are distinct; near-equal eigenvalues make the
     frames, and the averaged prediction, unstable.
     """
-    if mask is None:
-        centred = points - points.mean(dim=1, keepdim=True)
-    else:
-        weights = mask.to(points.dtype)[..., None]  # (B, N, 1)
-        mean = (points * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1)
-        centred = (points - mean) * weights
+    centred = points - masked_mean(points, mask, keepdim=True)
+    if mask is not None:
+        centred = centred * mask[..., None].to(points.dtype)  # padded rows add nothing to the covariance
     cov = centred.transpose(1, 2) @ centred
     work = cov if cov.dtype in (torch.float32, torch.float64) else cov.float()  # eigh has no float16/bfloat16
     vecs = torch.linalg.eigh(work)[1]  # (B, 3, 3), columns sorted by eigenvalue
@@ -742,12 +740,8 @@ class FrameAveraged(_Averaging):
         k = frames.shape[1]
         rot = frames.reshape(b * k, 3, 3)
         if self.group.has_translations:
-            if mask is None:
-                centre = positions.mean(dim=1)
-            else:
-                weights = mask.to(positions.dtype)[..., None]
-                centre = (positions * weights).sum(dim=1) / weights.sum(dim=1)
-            elements = cast(RigidGroup, self.group).from_parts(rot, centre.repeat_interleave(k, dim=0))
+            centre = masked_mean(positions, mask).repeat_interleave(k, dim=0)
+            elements = cast(RigidGroup, self.group).from_parts(rot, centre)
         else:
             elements = rot
         poses = elements.reshape(b, k, *elements.shape[1:])  # (B, K, *): the frames of every input

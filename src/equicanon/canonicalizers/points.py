@@ -12,7 +12,8 @@ from torch import nn
 from ..actions import Particles, Points
 from ..errors import ConfigError, check_floating, check_mask, check_number, check_positive_int, check_shape
 from ..groups import E3, O3, SE3, SO3, Group, RigidGroup, as_group
-from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool, masked_mean
+from ..nn.masking import masked_mean
+from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool
 from .base import Canonicalization, RegistryCase, register
 from .frames import VectorFrames
 from .functional import gram_schmidt_with_margin, matrix_prior
@@ -274,9 +275,10 @@ class ParticleVectorNeurons(VectorFrames):
         pos, vel, feat = x[..., 0:3].double(), x[..., 3:6].double(), x[..., 6:]
         centroid = masked_mean(pos, mask)  # (B, 3)
         rel = pos - centroid[:, None, :]
-        real = None if mask is None else mask[..., None].to(rel.dtype)
-        r = (rel if real is None else rel * real) / _rms_norm(rel if real is None else rel * real, mask)
-        v = (vel if real is None else vel * real) / _rms_norm(vel if real is None else vel * real, mask)
+        # the padded rows set to 0 for the scales and the network (the canonical form keeps them moved)
+        rel_real, vel_real = (rel, vel) if mask is None else (rel * mask[..., None], vel * mask[..., None])
+        r = rel_real / _rms_norm(rel_real, mask)
+        v = vel_real / _rms_norm(vel_real, mask)
         dtype = _network_dtype(x, self.head)
         base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(dtype)  # (B, N, 3, 3)
         scaled = [base * feat[..., i, None, None].to(dtype) for i in range(self.features)]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import check_mask, check_positive_int, check_shape
+from ..nn.masking import masked_mean
 
 __all__ = ["PointEncoder"]
 
@@ -46,7 +47,5 @@ class PointEncoder(nn.Module):
         mask = check_mask(mask, x)
         if mask is None:
             return self.head(torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=-1))
-        real = mask[..., None]
-        largest = f.masked_fill(~real, float("-inf")).amax(dim=1)
-        mean = (f * real.to(f.dtype)).sum(dim=1) / real.sum(dim=1).to(f.dtype)
-        return self.head(torch.cat([largest, mean], dim=-1))
+        largest = f.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+        return self.head(torch.cat([largest, masked_mean(f, mask)], dim=-1))

@@ -11,6 +11,7 @@ from .gconv import (
     steerable_basis,
     transform_filters,
 )
+from .masking import masked_mean
 from .sets import DeepSetsLayer, DeepSetsScorer
 from .vector_neurons import VNBatchNorm, VNEdgeConv, VNInvariant, VNLeakyReLU, VNLinear, VNMeanPool, knn
 
@@ -24,6 +25,7 @@ __all__ = [
     "GroupPool",
     "EquivariantAvgPool2d",
     "knn",
+    "masked_mean",
     "VNLinear",
     "VNLeakyReLU",
     "VNBatchNorm",

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError, check_positive_int
+from .masking import masked_mean
 
 __all__ = ["DeepSetsLayer", "DeepSetsScorer"]
 
@@ -23,11 +24,7 @@ class DeepSetsLayer(nn.Module):
         """``mask (B, n)`` (True: a real element): the mean is over the real elements only."""
         if x.ndim != 3 or x.shape[-1] != self.own.in_features:
             raise ShapeError(f"DeepSetsLayer: expected (B, n, {self.own.in_features}), got shape {tuple(x.shape)}")
-        if mask is None:
-            return self.own(x) + self.pooled(x.mean(dim=1, keepdim=True))
-        w = mask.to(x.dtype)[..., None]
-        mean = (x * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1)
-        return self.own(x) + self.pooled(mean)
+        return self.own(x) + self.pooled(masked_mean(x, mask, keepdim=True))
 
 
 class DeepSetsScorer(nn.Module):

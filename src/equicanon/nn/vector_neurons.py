@@ -14,21 +14,13 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError, check_number, check_positive_int
+from .masking import masked_mean
 
-__all__ = ["knn", "masked_mean", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
+__all__ = ["knn", "VNLinear", "VNLeakyReLU", "VNBatchNorm", "VNMeanPool", "VNInvariant", "VNEdgeConv"]
 
 
 #: distances per block of :func:`knn` (``2**24`` float32 = 64 MiB); smaller clouds are done in one block
 KNN_BLOCK = 2**24
-
-
-def masked_mean(v: torch.Tensor, mask: torch.Tensor | None, dim: int = 1, keepdim: bool = False) -> torch.Tensor:
-    """Mean of ``v`` over axis ``dim`` (the points), over the real points only where ``mask (B, N)`` (True: real)
-    is given; ``v`` is ``(B, N, ...)``."""
-    if mask is None:
-        return v.mean(dim=dim, keepdim=keepdim)
-    w = mask.to(v.dtype).reshape(*mask.shape, *([1] * (v.ndim - mask.ndim)))
-    return (v * w).sum(dim=dim, keepdim=keepdim) / w.sum(dim=dim, keepdim=keepdim).clamp_min(1)
 
 
 def knn(points: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
