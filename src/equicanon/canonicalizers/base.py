@@ -144,7 +144,9 @@ class Canonicalizer(nn.Module, abc.ABC):
     def add_regularizers(self, loss: torch.Tensor | float, result: Canonicalization, *, prior_weight: float = 0.0,
                          contrastive_weight: float = 0.0, target: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """``loss + prior_weight · prior_loss(result, target) + contrastive_weight · contrastive_loss(result)``.
+        """``loss + prior_weight · prior_loss(result, target) + contrastive_weight · contrastive_loss(result)``, plus
+        the regularizers the canonicalizer weighs itself (``Contrastive(artifact_weight=)``, ``VectorNeurons(
+        conditioning_weight=)``: :meth:`_own_regularizers`).
 
         Terms whose weight is 0 are not computed. Returns the sum and the unweighted terms
         (``{"prior": ..., "contrastive": ...}``, those computed), e.g. for logging.
@@ -156,7 +158,16 @@ class Canonicalizer(nn.Module, abc.ABC):
         if contrastive_weight > 0:
             terms["contrastive"] = self.contrastive_loss(result)
             loss = loss + contrastive_weight * terms["contrastive"]
+        for name, (weight, term) in self._own_regularizers(result).items():
+            terms[name] = term
+            loss = loss + weight * term
         return loss, terms
+
+    def _own_regularizers(self, result: Canonicalization) -> dict[str, tuple[float, torch.Tensor]]:
+        """Regularizers a canonicalizer weighs itself (its own constructor argument), as ``{name: (weight,
+        term)}``, computed only where they apply to ``result`` (e.g. in training); :meth:`add_regularizers`
+        adds them. Default: none."""
+        return {}
 
     # --- several poses per input: weighted canonicalization and probabilistic symmetrization -----------------
     # (equicanon.WeightedCanonicalized and equicanon.Symmetrized call these; a canonicalizer supports them by

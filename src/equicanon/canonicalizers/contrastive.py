@@ -393,17 +393,12 @@ class Contrastive(Canonicalizer):
         target = F.normalize(emb[:, :1].detach(), dim=-1)
         return (1 - (F.normalize(trips, dim=-1) * target).sum(-1)).mean()
 
-    def add_regularizers(self, loss: torch.Tensor | float, result: Canonicalization, *, prior_weight: float = 0.0,
-                         contrastive_weight: float = 0.0, target: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """The base regularizers, plus ``artifact_weight · artifact_loss(result)`` (term ``"artifact"``) when the
-        result carries round trips (training with ``artifact_weight > 0``)."""
-        loss, terms = super().add_regularizers(loss, result, prior_weight=prior_weight,
-                                               contrastive_weight=contrastive_weight, target=target)
-        if "round_trips" in result.extras:
-            terms["artifact"] = self.artifact_loss(result)
-            loss = loss + self.artifact_weight * terms["artifact"]
-        return loss, terms
+    def _own_regularizers(self, result: Canonicalization) -> dict[str, tuple[float, torch.Tensor]]:
+        """``"artifact"``: :meth:`artifact_loss` with ``artifact_weight``, when the result carries round trips
+        (training with ``artifact_weight > 0``)."""
+        if "round_trips" not in result.extras:
+            return {}
+        return {"artifact": (self.artifact_weight, self.artifact_loss(result))}
 
 
 def _with_conv_encoder(group: Group) -> Contrastive:

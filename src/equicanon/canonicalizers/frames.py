@@ -73,18 +73,13 @@ class VectorFrames(Canonicalizer):
         residual = torch.stack(residuals, dim=-1)  # (B, s)
         return torch.relu(math.log(self.conditioning_margin) - residual.log()).mean().to(vectors.dtype)
 
-    def add_regularizers(self, loss: torch.Tensor | float, result: Canonicalization, *, prior_weight: float = 0.0,
-                         contrastive_weight: float = 0.0, target: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """The base regularizers, plus ``conditioning_weight · conditioning_loss(result)`` (term ``"conditioning"``)
-        when the weight is positive and the result carries gradients (training)."""
-        loss, terms = super().add_regularizers(loss, result, prior_weight=prior_weight,
-                                               contrastive_weight=contrastive_weight, target=target)
+    def _own_regularizers(self, result: Canonicalization) -> dict[str, tuple[float, torch.Tensor]]:
+        """``"conditioning"``: :meth:`conditioning_loss` with ``conditioning_weight``, when the weight is positive
+        and the result carries gradients (training)."""
         vectors = result.extras.get("vectors")
         if self.conditioning_weight > 0 and isinstance(vectors, torch.Tensor) and vectors.requires_grad:
-            terms["conditioning"] = self.conditioning_loss(result)
-            loss = loss + self.conditioning_weight * terms["conditioning"]
-        return loss, terms
+            return {"conditioning": (self.conditioning_weight, self.conditioning_loss(result))}
+        return {}
 
     def _set_conditioning(self, weight: float, margin: float) -> None:
         self.conditioning_weight = check_number(weight, "conditioning_weight", minimum=0.0)
