@@ -387,3 +387,11 @@ def test_a_declared_keyword_that_is_not_a_per_input_tensor_is_a_shape_error() ->
         model(x, mask=torch.ones(5, 1, 9, 9))
     with pytest.raises(ec.errors.ShapeError, match="mask"):
         model(x, mask=1.0)
+
+
+def test_a_keyword_action_of_another_group_is_a_group_mismatch() -> None:
+    canon = ec.canonicalizers.GroupConv(ec.C(4), in_channels=1)
+    with pytest.raises(ec.errors.GroupMismatchError, match="keyword 'mask'"):
+        ec.Canonicalized(nn.Identity(), canon, keyword_actions={"mask": ec.actions.Image(ec.C(8))})
+    with pytest.raises(ec.errors.GroupMismatchError, match="keyword 'mask'"):
+        ec.GroupAveraged(nn.Identity(), ec.C(4), keyword_actions={"mask": ec.actions.Image(ec.D(4))})

@@ -61,8 +61,7 @@ def _keyword_actions(keyword_actions: Mapping[str, Action] | None, group: Group,
         if not isinstance(name, str) or not isinstance(action, Action):
             raise ConfigError(f"{owner}: keyword_actions maps keyword names to equicanon Actions, got "
                               f"{name!r}: {type(action).__name__}")
-        if action.group is not None and action.group != group:
-            raise GroupMismatchError(f"{owner}: the action {action!r} of keyword {name!r} uses {action.group}, not {group}")
+    _check_actions(owner, group, **{f"keyword {name!r}": action for name, action in keyword_actions.items()})
     return dict(keyword_actions)
 
 
@@ -159,7 +158,7 @@ class Canonicalized(nn.Module):
     def _predict(self, canonical: torch.Tensor, pose: torch.Tensor, kwargs: Mapping[str, Any] | None = None) -> Any:
         """``pose ⋆ predictor(canonical, **kwargs)``: predictions on canonical inputs ``(N, *)``, moved back by their
         poses ``(N, *)``."""
-        kw = _copy_kwargs(self, kwargs or {}, canonical.shape[0], 1, self.group.inverse(pose)) if kwargs else {}
+        kw = _copy_kwargs(self, kwargs, canonical.shape[0], 1, self.group.inverse(pose)) if kwargs else {}
         return apply_action(self.output, pose, call_with_typed_errors(self.predictor, self.predictor, canonical, **kw))
 
 
@@ -197,7 +196,7 @@ def _check_logits(logits: torch.Tensor, order: int, group: Group) -> None:
 
 Leaves = list[torch.Tensor]
 #: the wrappers that run their predictor on several copies of the batch
-Wrapper: TypeAlias = "Canonicalized | GroupAveraged | FrameAveraged"
+Wrapper: TypeAlias = "Canonicalized | _Averaging"
 
 
 def _pose_predictions(model: Wrapper, action: Action, x: torch.Tensor, poses: torch.Tensor,
@@ -574,7 +573,7 @@ class Symmetrized(Canonicalized):
             raise ConfigError(f"{type(self.canonicalizer).__name__} draws {self.group} poses from a continuous "
                               "distribution (or, for S(n), one over n! permutations), which has no expectation to "
                               "sum here: average forward over many samples (e.g. samples=64) instead")
-        poses, weights = self.canonicalizer.pose_distribution(x, self.canonicalizer(x), self.temperature)
+        poses, weights = self.canonicalizer.pose_distribution(x, self._canonicalize(x, kwargs), self.temperature)
         return _weighted_sum(self, x, poses, weights, self.elements_per_call, "use forward with samples=1", kwargs)
 
 
@@ -601,6 +600,13 @@ class _Averaging(nn.Module):
 
     def __call__(self, x: torch.Tensor, **kwargs: Any) -> Any:  # a DeviceError / DTypeError for x unlike the parameters
         return call_with_typed_errors(self, super().__call__, x, **kwargs)
+
+    def _average(self, x: torch.Tensor, poses: torch.Tensor, elements_per_call: int | None,
+                 kwargs: Mapping[str, Any]) -> Any:
+        """The predictions at ``poses (B, k, *)``, mapped back and merged by ``merge`` (floating predictions
+        required unless it is the mean)."""
+        otherwise = None if self.merge == "mean" else "use merge='mean'"
+        return _merged(self, self.input, x, poses, elements_per_call, otherwise, kwargs, self.merge)
 
 
 class GroupAveraged(_Averaging):
@@ -649,8 +655,7 @@ class GroupAveraged(_Averaging):
         Keyword arguments go to the predictor (see ``keyword_actions``)."""
         n = self.group.order
         every = torch.arange(n, device=x.device).expand(x.shape[0], n)  # element-major copies, as for k poses
-        return _merged(self, self.input, x, every, self.elements_per_call, None if self.merge == "mean" else
-                       "use merge='mean'", kwargs, self.merge)
+        return self._average(x, every, self.elements_per_call, kwargs)
 
 
 def _check_merge(merge: object, owner: str) -> str:
@@ -745,5 +750,4 @@ class FrameAveraged(_Averaging):
         else:
             elements = rot
         poses = elements.reshape(b, k, *elements.shape[1:])  # (B, K, *): the frames of every input
-        return _merged(self, self.input, x, poses, None, None if self.merge == "mean" else "use merge='mean'",
-                       kwargs, self.merge)
+        return self._average(x, poses, None, kwargs)
