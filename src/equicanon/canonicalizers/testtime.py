@@ -291,8 +291,8 @@ class TestTime(Canonicalizer):
         action: how the group acts on inputs; default ``Image(group)`` for planar groups, ``Points`` for 3-D.
         padding: image padding for rotations that interpolate (``C(8)`` and finer).
         rotations: ``SO2()`` / ``O2()`` only: the grid ``C(rotations)`` / ``D(rotations)`` searched first
-            (default 16, 22.5° apart; a multiple of 4 keeps the quarter turns exact).
-        refine: ``SO2()`` / ``O2()`` only: refinement turns either side of the best grid element (default 4;
+            (``None``: 16, 22.5° apart; a multiple of 4 keeps the quarter turns exact).
+        refine: ``SO2()`` / ``O2()`` only: refinement turns either side of the best grid element (``None``: 4;
             0: the grid's poses, then refined by the parabola alone).
         check_inputs: refuse inputs holding NaN or Inf (:class:`~equicanon.canonicalizers.Canonicalizer`).
 
@@ -323,8 +323,8 @@ class TestTime(Canonicalizer):
                  reference: object = None, features: str | nn.Module | None = None, feature_side: str | None = None,
                  shrinkage: float | None = None, gate: float | None = None, temperature: float = 1.0,
                  inputs_per_call: int | None = None, in_channels: int | None = None, action: Action | None = None,
-                 padding: str = "zeros", spatial: bool = False, rotations: int = 16, refine: int = 4,
-                 check_inputs: bool = True) -> None:
+                 padding: str = "zeros", spatial: bool = False, rotations: int | None = None,
+                 refine: int | None = None, check_inputs: bool = True) -> None:
         super().__init__(check_inputs=check_inputs)
         group = as_group(group, where=lambda g: g.is_indexed or isinstance(g, (SO2, O2)), what="TestTime: group",
                          expected="a finite group whose copies it can score one by one (C(n), D(n), Octahedral(), ...), "
@@ -333,7 +333,11 @@ class TestTime(Canonicalizer):
         if not isinstance(predictor, nn.Module):
             raise ConfigError(f"TestTime: predictor must be an nn.Module, got {type(predictor).__name__}")
         self.predictor = predictor
-        self.rotations = check_positive_int(rotations, "rotations")
+        if group.is_indexed and (rotations is not None or refine is not None):
+            raise ConfigError(f"rotations and refine are for SO2() / O2(); {group} poses are its elements: "
+                              "leave them unset")
+        self.rotations = check_positive_int(16 if rotations is None else rotations, "rotations")
+        refine = 4 if refine is None else refine
         if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
             raise ConfigError(f"refine must be a whole number of turns >= 0, got {refine!r}")
         self.refine = refine
@@ -341,9 +345,6 @@ class TestTime(Canonicalizer):
         self.grid: FiniteGroup
         if group.is_indexed:
             self.grid = cast(FiniteGroup, group)
-            if rotations != 16 or refine != 4:
-                raise ConfigError(f"rotations and refine are for SO2() / O2(); {group} poses are its elements: "
-                                  "leave them unset")
         else:
             if action is not None and not isinstance(action, Image):
                 raise ConfigError(f"TestTime: {group} poses are found for images; action must be an Image action")
@@ -544,15 +545,14 @@ class TestTime(Canonicalizer):
         spacing = 2 * math.pi / self.rotations / (2 * max(r, 1))  # out to half a grid step either side
         offsets = spacing * torch.arange(-r, r + 1, device=x.device, dtype=torch.float64)  # (2r + 1,)
         h = self.grid.matrix(coarse, dtype=torch.float64)  # (B, 2, 2)
-        turns = SO2().from_angle(offsets)  # (2r + 1, 2, 2)
-        candidates = h[:, None] @ turns[None]  # (B, 2r + 1, 2, 2): h R(δ_j)
+        refined = extras["energies"].gather(1, coarse[:, None])  # δ_0 = 0: the grid copy itself, already scored
         if r > 0:
+            off = torch.cat([offsets[:r], offsets[r + 1:]])  # the 2r turns either side
+            candidates = h[:, None] @ SO2().from_angle(off)[None]  # (B, 2r, 2, 2): h R(δ_j)
             poses = self.group.inverse(candidates.flatten(0, 1)).to(x.dtype)
-            views = self.action(poses, x.repeat_interleave(2 * r + 1, dim=0))
-            refined = self._energies_of_copies(views.reshape(b, 2 * r + 1, *x.shape[1:]))
-            refined[:, r] = extras["energies"].gather(1, coarse[:, None])[:, 0]  # δ_0 = 0 is the grid copy itself
-        else:
-            refined = extras["energies"].gather(1, coarse[:, None])
+            views = self.action(poses, x.repeat_interleave(2 * r, dim=0))
+            around = self._energies_of_copies(views.reshape(b, 2 * r, *x.shape[1:]))
+            refined = torch.cat([around[:, :r], refined, around[:, r:]], dim=1)  # (B, 2r + 1), by offset
         # a parabola through three neighbouring offsets around the best (at an end of the refinement the three
         # innermost; refine = 0: the grid's neighbours, a step away); the pose stays within half a spacing of the
         # best offset
