@@ -284,13 +284,18 @@ def top_gap(scores: torch.Tensor) -> torch.Tensor:
     return top[..., 0] - top[..., 1]
 
 
-def sorted_gap(scores: torch.Tensor) -> torch.Tensor:
+def sorted_gap(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Margin of an argsort: the smallest gap between consecutive sorted ``scores (B, n)``, ``(B,)``, detached;
-    0 at a tie, ``inf`` for ``n = 1``."""
+    0 at a tie, ``inf`` for ``n = 1``. With ``mask (B, n)`` (True: a real element; padded elements must score
+    above every real one, so they sort last) only the gaps between real elements count (``inf`` for one)."""
     scores = scores.detach()
     if scores.shape[-1] < 2:
         return torch.full(scores.shape[:-1], math.inf, dtype=scores.dtype, device=scores.device)
-    return scores.sort(dim=-1).values.diff(dim=-1).amin(dim=-1)
+    gaps = scores.sort(dim=-1).values.diff(dim=-1)  # (B, n - 1)
+    if mask is not None:
+        real_pair = torch.arange(gaps.shape[-1], device=gaps.device) < mask.sum(dim=-1, keepdim=True) - 1
+        gaps = torch.where(real_pair, gaps, torch.full_like(gaps, math.inf))
+    return gaps.amin(dim=-1)
 
 
 def regular_to_matrix(group: FiniteGroup, logits: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,7 @@ class Sort(Canonicalizer):
             canonical = straight_through(hard, soft)
         extras = {"scores": scores} if mask is None else {"scores": scores, "mask": mask}
         return Canonicalization(canonical, pose, self.group, logits=None, extras=extras,
-                                margin=sorted_gap(scores) if mask is None else _real_gap(scores, mask))
+                                margin=sorted_gap(scores, mask))
 
     # --- sampled poses (Symmetrized): Gumbel-perturbed sorts, i.e. Plackett–Luce permutations -----------------
 
@@ -135,16 +135,6 @@ class Sort(Canonicalizer):
             "Sort has no prior loss: a set has no preferred order, so pulling poses towards the identity "
             "permutation would only teach the scorer the input order. Train with the task loss alone."
         )
-
-
-def _real_gap(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The smallest gap between consecutive sorted scores of the real elements ``(B,)`` (``inf`` for one)."""
-    ordered = scores.detach().sort(dim=-1, stable=True).values
-    gaps = ordered.diff(dim=-1)  # (B, n - 1); the real elements come first
-    count = mask.sum(dim=1, keepdim=True)
-    real_pair = torch.arange(gaps.shape[1], device=scores.device)[None] < count - 1
-    return torch.where(real_pair, gaps, torch.full_like(gaps, float("inf"))).amin(dim=1) if gaps.shape[1] else \
-        torch.full(scores.shape[:1], float("inf"), dtype=scores.dtype, device=scores.device)
 
 
 def _cases() -> list[RegistryCase]:
