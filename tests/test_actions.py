@@ -203,6 +203,26 @@ def test_o2_flip_is_the_horizontal_flip() -> None:
 # ================================================================ functional rotate_image
 
 
+@pytest.mark.parametrize("size", [(5, 5), (6, 6), (5, 7), (4, 6), (1, 1)])
+def test_one_index_move_for_the_batch_equals_the_per_sample_gather(size: tuple[int, int]) -> None:
+    """permute_image with one matrix for the whole batch (a transpose and flips) gives the per-sample
+    gather's result exactly, for every signed permutation that maps the grid onto itself."""
+    from equicanon.actions.functional import _gather_move, permute_image
+
+    h, w = size
+    x = torch.randn(3, 2, h, w, generator=torch.Generator().manual_seed(h * w))
+    matrices = ec.D(4).matrix(ec.D(4).elements(), dtype=torch.float64)
+    for m in matrices:
+        if h != w and m[0, 0] == 0:
+            continue  # a quarter turn of a non-square image is no move of its grid
+        reference = _gather_move(x, m[None].long())
+        for batched in (m[None], m[None].expand(3, 2, 2)):
+            out = permute_image(x, batched)
+            assert torch.equal(out, reference) and out.is_contiguous()
+    mixed = matrices[torch.tensor([0, 1, 2])] if h == w else matrices[torch.tensor([0, 2, 4])]
+    assert torch.equal(permute_image(x, mixed), _gather_move(x, mixed.long()))
+
+
 @pytest.mark.parametrize("n", [28, 29, 32, 33])
 @pytest.mark.parametrize("dtype", [torch.float32, FLOAT64])
 @pytest.mark.parametrize("k", [1, 2, 3])

@@ -411,6 +411,58 @@ def test_discrete_canonicalize_gradient_is_that_of_the_softmax_mixture(group, te
     assert grad_logits.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("size", [9, 10])
+@pytest.mark.parametrize("group", [ec.C(8), ec.D(8), ec.C(3), ec.C(4), ec.D(4)], ids=repr)
+def test_mixture_gradient_without_full_size_copies_equals_the_mixture(group, size, dtype, monkeypatch):
+    """An input that needs no gradient takes the path that rebuilds each copy in backward: same canonical
+    form and pose, and the logits' gradient of the softmax mixture of all |G| copies, to rounding; it never
+    builds the |G| copies at once (all_transforms is not called)."""
+    from equicanon.canonicalizers import functional
+
+    gen = torch.Generator().manual_seed(size)
+    action = ec.actions.Image(group)
+    x = torch.randn(4, 2, size, size, generator=gen, dtype=dtype)
+    logits = torch.randn(4, group.order, generator=gen, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 2, size, size, generator=gen, dtype=dtype)
+    copies = functional.all_transforms(group, action, x)
+    ref, ref_pose = discrete_canonicalize(x, logits, group, action, temperature=0.5, copies=copies)
+    (ref_grad,) = torch.autograd.grad((ref * w).sum(), logits)
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("built all |G| copies")
+
+    monkeypatch.setattr(functional, "all_transforms", no_copies)
+    canonical, pose = discrete_canonicalize(x, logits, group, action, temperature=0.5)
+    (grad,) = torch.autograd.grad((canonical * w).sum(), logits)
+    assert torch.equal(pose, ref_pose)
+    assert torch.equal(canonical, ref)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(grad, ref_grad, atol=tol, rtol=0)
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("group", [ec.C(8), ec.D(8), ec.C(16), ec.C(6), ec.D(3)], ids=repr)
+def test_exact_factors_split_each_element_into_an_index_move_after_a_residual(group):
+    from equicanon.canonicalizers.functional import _exact_factors
+
+    elements = group.elements()
+    factors = _exact_factors(group, elements)
+    residuals = {r for r, _ in factors if r >= 0}
+    # C(8), D(8): the 45° turn is the one residual; C(16): 22.5°, 45°, 67.5°; C(6): 60°, 120° (the half turn is
+    # exact); D(3): 120°, 240° (the flip is exact)
+    expected = {"C(8)": 1, "D(8)": 1, "C(16)": 3, "C(6)": 2, "D(3)": 2}[repr(group)]
+    assert len(residuals) == expected
+    for k, (r, q) in enumerate(factors):
+        if q is None:
+            assert r == k
+            continue
+        rho = group.identity(1) if r < 0 else elements[r:r + 1]
+        assert torch.equal(group.compose(q, rho), elements[k:k + 1])
+        m = group.matrix(q, dtype=torch.float64)
+        assert torch.equal(m, m.round())
+
+
 def test_discrete_canonicalize_checks_logit_shape():
     group = ec.C(4)
     with pytest.raises(ShapeError, match=r"\(2, 4\)"):

@@ -14,9 +14,11 @@ columns gives an orthogonal pose that moves the same way.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..actions import Action
 from ..errors import EquicanonError, ShapeError
@@ -52,6 +54,79 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return grad, grad
+
+
+def _exact_factors(group: FiniteGroup, elements: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    """Each element ``h`` of ``elements`` ``(K,)`` as ``q ρ``: ``ρ`` one of few *residual* elements and ``q`` an
+    element that moves images exactly (a quarter turn or flip: an index move, no interpolation).
+
+    Returns ``[(r, q)]`` per element: ``r`` the position in ``elements`` of its residual ``ρ`` and ``q`` the
+    element ``h ρ⁻¹`` (``None`` when ``h`` is its own residual). For ``C(8)`` the residuals are the identity and
+    the 45° turn, so the eight copies ``h·x = q·(ρ·x)`` need two interpolations instead of four. Groups whose
+    elements all move exactly, and non-planar groups, are their own residuals (no saving, nothing changes).
+    """
+    count = len(elements)
+    if group.kind != "planar" or group.all_quarter_turns:
+        return [(k, None) for k in range(count)]
+    matrices = group.matrix(elements, dtype=torch.float64)
+    exact = (matrices == matrices.round()).flatten(1).all(1).tolist()
+    factors: list[tuple[int, torch.Tensor | None]] = []
+    residuals: list[int] = []
+    for k in range(count):
+        h = elements[k:k + 1]
+        if exact[k]:
+            factors.append((-1, h))  # ρ = identity: q·x
+            continue
+        for r in residuals:
+            q = group.compose(h, group.inverse(elements[r:r + 1]))
+            m = group.matrix(q, dtype=torch.float64)
+            if bool((m == m.round()).all()):
+                factors.append((r, q))
+                break
+        else:
+            residuals.append(k)
+            factors.append((k, None))
+    return factors
+
+
+class _MixtureStraightThrough(torch.autograd.Function):
+    """Value of ``hard``; gradient to ``hard``, and to the mixture weights as if the value were
+    ``Σ_k w_k (g_k⁻¹·x)``, without ever holding the ``|G|`` transformed copies of ``x``.
+
+    The weights' gradient is ``∂L/∂w_k = ⟨∂L/∂c, g_k⁻¹·x⟩`` (``c`` the canonical form, the inner product over
+    each sample's entries), exactly what the mixture's backward computes. Here each copy is rebuilt in
+    backward, one group element at a time, and reduced against the incoming gradient at once; an element that
+    interpolates is built from a residual copy by an exact index move (:func:`_exact_factors`), so ``C(8)``
+    interpolates once (the 45° copy) instead of four times. The result equals the mixture's gradient to
+    rounding (``tests/test_canonicalizers_functional.py``). ``x`` gets no gradient (this path is taken only when
+    it needs none).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hard: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, group: FiniteGroup,
+                action: Action) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.group, ctx.action, ctx.weights_dtype = group, action, weights.dtype
+        return hard.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_weights = None
+        if ctx.needs_input_grad[1]:
+            (x,) = ctx.saved_tensors
+            group, action, b = ctx.group, ctx.action, x.shape[0]
+            inverses = group.inverse(group.elements(device=x.device))  # copy k is g_k⁻¹·x
+            flat_grad = grad.reshape(b, -1)
+            residual: dict[int, torch.Tensor] = {-1: x}
+            columns = []
+            for r, q in _exact_factors(group, inverses):
+                if r not in residual:
+                    residual[r] = action(inverses[r:r + 1].expand(b), x)
+                copy = residual[r] if q is None else action(q.expand(b), residual[r])
+                columns.append(torch.linalg.vecdot(copy.reshape(b, -1).to(grad.dtype), flat_grad))
+            grad_weights = torch.stack(columns, dim=1).to(ctx.weights_dtype)
+        return grad, grad_weights, None, None, None
 
 
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -114,8 +189,11 @@ def discrete_canonicalize(
             already (e.g. it scored every copy); the canonical form is then picked from it.
 
     Returns:
-        ``(canonical, pose)``: ``(B, *)`` and ``(B,)`` int64. Without ``copies``, the mixture
-        of all ``|G|`` transforms is computed only when gradients will flow to ``logits``.
+        ``(canonical, pose)``: ``(B, *)`` and ``(B,)`` int64. Without ``copies``, each input is transformed
+        once, by its pose; when gradients flow to ``logits`` and ``x`` needs none (the usual case: data), the
+        mixture's gradient is computed in backward one group element at a time, never holding the ``|G|``
+        copies (:class:`_MixtureStraightThrough`); when ``x`` needs a gradient too, the mixture of all ``|G|``
+        transforms is built.
     """
     if logits.ndim != 2 or logits.shape != (x.shape[0], group.order):
         raise ShapeError(f"logits: expected shape ({x.shape[0]}, {group.order}), got {tuple(logits.shape)}")
@@ -127,6 +205,11 @@ def discrete_canonicalize(
         if copies is not None:
             return copies[torch.arange(x.shape[0], device=x.device), pose], pose
         return action(group.inverse(pose), x), pose
+    if copies is None and not x.requires_grad:
+        # the mixture's gradient without its |G| full-size copies: one copy at a time, rebuilt in backward
+        weights = torch.softmax(scores / temperature, dim=-1)
+        hard = action(group.inverse(pose), x)
+        return _MixtureStraightThrough.apply(hard, weights, x, group, action), pose
     if copies is None:
         copies = all_transforms(group, action, x)  # (B, |G|, *)
     weights = torch.softmax(scores / temperature, dim=-1).to(copies.dtype)
