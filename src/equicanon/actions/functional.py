@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError, check_choice, check_floating, check_shape
+from ..groups.base import reads_values
 
 __all__ = ["PADDINGS", "MODES", "permute_image", "rotate_image"]
 
@@ -33,9 +34,9 @@ def permute_image(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         ``(B, C, H, W)``: a new tensor; each output pixel is copied from one input pixel.
     """
     m = matrix.long().to(x.device)
-    if m.shape[0] == 1 or (x.device.type == "cpu" and bool((m == m[:1]).all())):
-        # one move for the whole batch (on the CPU the check reads nothing from a device): a transpose and
-        # flips, about 3x faster than the per-sample gather below
+    if m.shape[0] == 1 or (reads_values(m) and bool((m == m[:1]).all())):
+        # one move for the whole batch (on the CPU, outside graph capture, the check waits for nothing): a
+        # transpose and flips, about 3x faster than the per-sample gather below
         return _uniform_move(x, m[0])
     return _gather_move(x, m)
 

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import DTypeError, check_choice, check_floating, check_shape
 from ..groups import Group, as_group
-from ..groups.base import draw
+from ..groups.base import draw, reads_values
 from .base import Action, _randn
 from .functional import MODES, PADDINGS, permute_image, require_square, rotate_image
 
@@ -37,9 +37,10 @@ def transform_image(group: Group, g: torch.Tensor, x: torch.Tensor, *, mode: str
         if not x.is_floating_point():
             raise DTypeError(f"{group} has rotations by other angles than multiples of 90°, which interpolate; "
                              f"got integer dtype {x.dtype}")
-        if x.device.type == "cpu" and len(quarter) == len(x):
-            # On the CPU reading ``quarter`` costs nothing, so only the other elements are interpolated
-            # (on a GPU that read would wait for the device: there every image is interpolated and picked).
+        if reads_values(quarter) and len(quarter) == len(x):
+            # On the CPU reading ``quarter`` costs nothing, so only the other elements are interpolated (on a GPU
+            # that read would wait for the device, and in graph capture it is data-dependent: there every image
+            # is interpolated and the exact ones are picked).
             rest = (~quarter).nonzero().squeeze(1)
             if len(rest):
                 exact[rest] = rotate_image(x[rest], matrix[rest], mode=mode, padding=padding)

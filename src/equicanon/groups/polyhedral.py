@@ -9,7 +9,6 @@ int64 indices ``0..23``; index 0 is the identity.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from dataclasses import dataclass
 
@@ -20,8 +19,18 @@ from .base import FiniteGroup, _float_dtype
 __all__ = ["Octahedral"]
 
 
-@functools.lru_cache(maxsize=1)
+_TABLES: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+
 def _octahedral_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tables of :func:`_build_tables`, built on first use (every :class:`Octahedral` builds them when it is
+    made, so a graph capture of its methods only reads them)."""
+    if not _TABLES:
+        _TABLES.append(_build_tables())
+    return _TABLES[0]
+
+
+def _build_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(matrices (24, 3, 3) float64, cayley (24, 24) int64, inverse (24,) int64)``, all computed from the matrices.
 
     Order: permutations in ``itertools.permutations`` order, then signs in
@@ -67,6 +76,9 @@ class Octahedral(FiniteGroup):
     """
 
     dim = 3
+
+    def __post_init__(self) -> None:
+        _octahedral_tables()  # built here, outside any graph capture of the methods below
 
     def __repr__(self) -> str:
         return "Octahedral()"
