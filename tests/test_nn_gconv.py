@@ -7,6 +7,8 @@ are exact too, and the 45° elements are measured on a smooth image.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,3 +272,102 @@ def test_equivariant_avg_pool_keeps_the_centre_of_rectangles_of_mixed_parity(gro
     assert_equivariant(pool, group, image, image, x)
     lift = LiftingConv2d(group, 3, 2, kernel_size=3, pool_above=0).double()
     assert_equivariant(lift, group, image, RegularFeatures(group), x)
+
+
+# --- filters built once in eval mode ------------------------------------------------------------------------
+
+
+def _layers(group: ec.groups.PlanarFiniteGroup, filters: str) -> list[tuple[nn.Module, torch.Tensor]]:
+    torch.manual_seed(0)
+    return [(LiftingConv2d(group, 3, 4, kernel_size=5, filters=filters).double(), _randn(2, 3, 11, 11)),
+            (GroupConv2d(group, 3, 4, kernel_size=3, filters=filters).double(), _features(group, 10))]
+
+
+def _uncached(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output with its filters built afresh (a copy in training mode; no batch statistics here)."""
+    fresh = copy.deepcopy(layer).train()
+    with torch.no_grad():
+        return fresh(x)
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("group", [ec.C(8), ec.D(4)], ids=repr)
+def test_eval_mode_builds_filters_once_and_gives_the_same_outputs(group, filters):
+    for layer, x in _layers(group, filters):
+        layer.eval()
+        with torch.no_grad():
+            first = layer(x)
+            cached = layer._filter_cache[1]
+            second = layer(x)
+        assert layer._filter_cache[1] is cached  # reused, not rebuilt
+        torch.testing.assert_close(first, _uncached(layer, x), rtol=0, atol=0)
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("group", [ec.C(8), ec.D(4)], ids=repr)
+def test_cached_filters_follow_optimizer_steps_load_state_dict_and_dtype(group, filters):
+    for layer, x in _layers(group, filters):
+        layer.eval()
+        with torch.no_grad():
+            before = layer(x)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+        layer.train()
+        layer(x).square().mean().backward()
+        opt.step()
+        layer.eval()
+        with torch.no_grad():
+            stepped = layer(x)
+        assert not torch.allclose(stepped, before)
+        torch.testing.assert_close(stepped, _uncached(layer, x), rtol=0, atol=0)
+
+        other = copy.deepcopy(layer)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.normal_()
+        layer.load_state_dict(other.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), _uncached(other, x), rtol=0, atol=0)
+            single = layer.float()(x.float())
+        torch.testing.assert_close(single, _uncached(other, x).float(), rtol=1e-5, atol=1e-5)
+
+        with torch.no_grad():  # a write through .data is not versioned: clear_filter_cache is the way
+            layer.weight.data.mul_(2.0)
+        layer.clear_filter_cache()
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x.float()), _uncached(layer, x.float()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("group", [ec.C(8), ec.D(4)], ids=repr)
+def test_eval_mode_with_weight_gradients_builds_filters_in_the_graph(group):
+    """Fine-tuning in eval mode (frozen batch statistics) still trains the filters; a frozen layer in eval
+    mode reuses filters built under inference_mode and still passes gradients to its input."""
+    for layer, x in _layers(group, "steerable"):
+        layer.eval()
+        layer(x).square().mean().backward()
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+        assert layer._filter_cache is None
+        layer.requires_grad_(False)
+        with torch.inference_mode():
+            expected = layer(x)
+        x = x.clone().requires_grad_(True)
+        out = layer(x)
+        torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+        out.square().mean().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("size", [9, 10])
+@pytest.mark.parametrize("group", EXACT_GROUPS, ids=repr)
+def test_layers_with_cached_filters_stay_exactly_equivariant(group, size, dtype):
+    torch.manual_seed(0)
+    lift = LiftingConv2d(group, 3, 4, kernel_size=5).to(dtype).eval().requires_grad_(False)
+    conv = GroupConv2d(group, 4, 4, kernel_size=3).to(dtype).eval().requires_grad_(False)
+    x = _randn(2, 3, size, size).to(dtype)
+    # the checker runs a copy under no_grad: its first call builds the filters, the moved inputs reuse them
+    assert_equivariant(lift, group, ec.actions.Image(group), RegularFeatures(group), x)
+    assert_equivariant(conv, group, RegularFeatures(group), RegularFeatures(group), lift(x))
+    assert lift._filter_cache is not None  # lift(x) above, in eval mode with frozen weights

@@ -28,6 +28,11 @@ symmetric "same" zero padding, odd kernels). Other angles are approximate;
 Downsampling keeps the grid centre: :class:`EquivariantAvgPool2d` (2x2 windows at even sizes,
 3x3 with one pixel of padding at odd ones), also available inside the convolutions
 (``pool_above=``), where at even sizes the convolution and the pool are one stride-2 convolution.
+
+In eval mode, when no gradient to the weights is needed, both layers build their moved filters once and reuse
+them until a parameter or the basis changes (an optimizer step, ``load_state_dict``, ``.to()``: anything that
+writes the tensors in place, which bumps their version, or replaces them). A write through ``.data``
+bypasses that version count; call :meth:`~LiftingConv2d.clear_filter_cache` after one.
 """
 
 from __future__ import annotations
@@ -182,6 +187,49 @@ def _init_filters(module: LiftingConv2d | GroupConv2d, group: PlanarFiniteGroup,
         module.weight = nn.Parameter(torch.randn(*shape, kernel_size, kernel_size) / math.sqrt(fan_in))
 
 
+def _fingerprint(tensors: tuple[torch.Tensor | None, ...]) -> tuple[object, ...]:
+    """What changes when a tensor is written in place (its version) or replaced (storage, dtype, device)."""
+    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors)
+
+
+class _CachedFilters(nn.Module):
+    """Builds the layer's moved filters and bias; in eval mode without weight gradients, once per parameter state."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    basis: torch.Tensor | None
+    _filter_cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor | None] | None = None
+
+    def _build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def clear_filter_cache(self) -> None:
+        """Forget the filters built in eval mode (needed only after writing a parameter through ``.data``)."""
+        self._filter_cache = None
+
+    def _filters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        needs_graph = torch.is_grad_enabled() and any(
+            p.requires_grad for p in (self.weight, self.bias) if p is not None)
+        if self.training or needs_graph or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self._build()
+        try:
+            key = _fingerprint((self.weight, self.bias, self.basis))
+        except RuntimeError:  # tensors without storage (torch.func transforms, meta tensors): nothing to key on
+            return self._build()
+        cache = self._filter_cache
+        # filters built under inference_mode cannot be saved for a backward to the input outside it
+        if cache is None or cache[0] != key or (cache[1].is_inference() and not torch.is_inference_mode_enabled()):
+            with torch.no_grad():
+                filters, bias = self._build()
+            cache = self._filter_cache = (key, filters, bias)
+        return cache[1], cache[2]
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state.pop("_filter_cache", None)  # built again after unpickling (torch.save of a whole module)
+        return state
+
+
 def _check_pool_above(pool_above: object) -> int | None:
     if pool_above is None:
         return None
@@ -209,7 +257,7 @@ def _conv(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None, poo
     return F.conv2d(x, smooth, bias, stride=2, padding=k // 2)
 
 
-class LiftingConv2d(nn.Module):
+class LiftingConv2d(_CachedFilters):
     """Lifting convolution: images ``(B, C_in, H, W)`` to regular features ``(B, C_out, |G|, H, W)``.
 
     Equivariant: ``lift(g·x) = g·lift(x)`` with :class:`equicanon.actions.Image` on the
@@ -239,18 +287,21 @@ class LiftingConv2d(nn.Module):
         return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"filters={self.filters!r}" + (f", pool_above={self.pool_above}" if self.pool_above is not None else ""))
 
+    def _build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n, k = self.group.order, self.kernel_size
+        filters = transform_filters(self.group, self.weight, regular_input=False, basis=self.basis)
+        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        return filters.reshape(self.out_channels * n, self.in_channels, k, k), bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, C_in, H, W)`` → ``(B, C_out, |G|, H, W)`` (``H/2``, ``W/2`` rounded up when pooled)."""
         sizes = check_shape(x, "B C H W", C=self.in_channels)
-        n, k = self.group.order, self.kernel_size
-        filters = transform_filters(self.group, self.weight, regular_input=False, basis=self.basis)
-        filters = filters.reshape(self.out_channels * n, self.in_channels, k, k)
-        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        filters, bias = self._filters()
         out = _conv(x, filters, bias, self.pool_above)
-        return out.reshape(sizes["B"], self.out_channels, n, *out.shape[-2:])
+        return out.reshape(sizes["B"], self.out_channels, self.group.order, *out.shape[-2:])
 
 
-class GroupConv2d(nn.Module):
+class GroupConv2d(_CachedFilters):
     """Group convolution on regular features: ``(B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)``.
 
     Equivariant under :class:`RegularFeatures` on input and output. Stride 1,
@@ -280,13 +331,17 @@ class GroupConv2d(nn.Module):
         return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"filters={self.filters!r}" + (f", pool_above={self.pool_above}" if self.pool_above is not None else ""))
 
+    def _build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n, k = self.group.order, self.kernel_size
+        filters = transform_filters(self.group, self.weight, regular_input=True, basis=self.basis)
+        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        return filters.reshape(self.out_channels * n, self.in_channels * n, k, k), bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)`` (``H/2``, ``W/2`` rounded up when pooled)."""
-        n, k = self.group.order, self.kernel_size
+        n = self.group.order
         sizes = check_shape(x, "B C G H W", C=self.in_channels, G=n)
-        filters = transform_filters(self.group, self.weight, regular_input=True, basis=self.basis)
-        filters = filters.reshape(self.out_channels * n, self.in_channels * n, k, k)
-        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        filters, bias = self._filters()
         out = _conv(x.reshape(sizes["B"], self.in_channels * n, *x.shape[-2:]), filters, bias, self.pool_above)
         return out.reshape(sizes["B"], self.out_channels, n, *out.shape[-2:])
 
