@@ -54,10 +54,11 @@ def _uniform_move(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         pattern = torch.arange(h * w).reshape(1, 1, h, w)
         target = _gather_move(pattern, m[None].cpu())
         for transpose in (False, True):
-            for dims in ((), (-1,), (-2,), (-2, -1)):
-                candidate = _transpose_flip(pattern, transpose, dims)
+            flips: tuple[int, ...]
+            for flips in ((), (-1,), (-2,), (-2, -1)):
+                candidate = _transpose_flip(pattern, transpose, flips)
                 if candidate.shape == target.shape and torch.equal(candidate, target):
-                    _UNIFORM_MOVES[key] = (transpose, dims)
+                    _UNIFORM_MOVES[key] = (transpose, flips)
                     break
             if key in _UNIFORM_MOVES:
                 break
