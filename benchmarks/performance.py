@@ -10,7 +10,8 @@ Five measurements, each a ratio of medians over interleaved rounds (a, b / b, a,
    backward, SGD step) canonicalized over bare;
 4. ``Contrastive`` (EquiOptAdapt: a small CNN scores all 8 copies) over ``GroupConv`` for C(8), per image,
    and Contrastive's peak memory with and without ``inputs_per_call``;
-5. ``VectorNeurons(SO3())`` throughput (points/s) and peak memory from 1k to 16k points per cloud;
+5. ``VectorNeurons(SO3())`` and ``ParticleVectorNeurons(SE3())`` throughput (points/s), speed-up over the
+   previous implementation (kept in ``tests/_vn_reference.py``; target at least 5x) and peak memory, 1k to 16k points;
 
 plus what makes the canonicalizer cheap (the downscaled centre crop, equivariant pooling fused into the
 convolutions, narrow layers, channels_last, torch.compile); and, with ``--only pose``, 6. that the fast default
@@ -41,10 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests._vn_reference
 from _perf import Timing, interleaved, machine, peak_memory_mib, rss_rise_mib, sync
+from tests import _vn_reference
 
 import equicanon as ec
-from equicanon.canonicalizers import Contrastive, GroupConv, VectorNeurons
+from equicanon.canonicalizers import Contrastive, GroupConv, ParticleVectorNeurons, VectorNeurons
 from equicanon.data import load_fashion_mnist
 from equicanon.models import ConvEncoder, SmallCNN
 from equicanon.training import fit, step
@@ -205,24 +208,36 @@ def _no_grad(model: nn.Module, x: torch.Tensor) -> object:
 # --- 5: point clouds -----------------------------------------------------------------------------------------
 
 
-def _cloud(batch: int, n: int, device: torch.device) -> torch.Tensor:
-    return torch.randn(batch, n, 3, generator=torch.Generator().manual_seed(n)).to(device)
+def _point_models() -> dict[str, tuple[nn.Module, int]]:
+    """The benchmarked point canonicalizers at their defaults, and the columns of their inputs."""
+    torch.manual_seed(0)
+    return {"VectorNeurons(SO3())": (VectorNeurons(ec.SO3()).eval(), 3),
+            "ParticleVectorNeurons(SE3(), features=1)": (ParticleVectorNeurons(ec.SE3(), features=1).eval(), 7)}
+
+
+def _point_input(batch: int, n: int, columns: int, device: torch.device) -> torch.Tensor:
+    return torch.randn(batch, n, columns, generator=torch.Generator().manual_seed(n)).to(device)
 
 
 def points(b: Bench, script: Path) -> None:
-    sizes = (128, 256) if b.quick else (1024, 2048, 4096, 8192, 16384)
+    """Each point canonicalizer against the plain implementation it replaced (``tests/_vn_reference.py``: edge
+    features built as vectors, einsums over ``(..., C, 3)``, the 64 MiB k-NN blocks), same weights, interleaved."""
+    sizes = (128, 256) if b.quick else (1024, 4096, 16384)
     batch = 2
-    torch.manual_seed(0)
-    vn = VectorNeurons(ec.SO3()).to(b.device).eval()
-    for n in sizes:
-        x = _cloud(batch, n, b.device)
-        with torch.inference_mode():
-            t = b.time({"vector_neurons": partial(vn, x)})
-        spec = {"kind": "points", "n": n, "batch": batch, "device": str(b.device)}
-        peak = peak_memory_mib(partial(_no_grad, vn, x), b.device, spec, script, b.threads, subprocess_=b.subprocess)
-        sec = t.median("vector_neurons")
-        b.add("points", {"points": n, "batch": batch, "ms": ms(sec), "points_per_s": round(batch * n / sec),
-                         "peak_mib": round(peak, 1)})
+    for name, (model, columns) in _point_models().items():
+        model = model.to(b.device)
+        plain = _vn_reference.vector_neurons if isinstance(model, VectorNeurons) else _vn_reference.particle_vector_neurons
+        for n in sizes:
+            x = _point_input(batch, n, columns, b.device)
+            with torch.inference_mode():
+                t = b.time({"fused": partial(model, x), "reference": partial(plain, model, x)})
+            spec = {"kind": "points", "model": name, "n": n, "batch": batch, "device": str(b.device)}
+            peak = peak_memory_mib(partial(_no_grad, model, x), b.device, spec, script, b.threads,
+                                   subprocess_=b.subprocess)
+            sec = t.median("fused")
+            b.add("points", {"model": name, "points": n, "batch": batch, "ms": ms(sec),
+                             "reference_ms": ms(t.median("reference")), "points_per_s": round(batch * n / sec),
+                             "speedup": round(t.ratio("reference", "fused"), 2), "peak_mib": round(peak, 1)})
 
 
 def peak_child(spec: dict[str, object]) -> None:
@@ -230,8 +245,8 @@ def peak_child(spec: dict[str, object]) -> None:
     torch.manual_seed(0)
     device = torch.device(str(spec["device"]))
     if spec["kind"] == "points":
-        model: nn.Module = VectorNeurons(ec.SO3()).eval()
-        x = _cloud(int(spec["batch"]), int(spec["n"]), device)
+        model, columns = _point_models()[str(spec["model"])]
+        x = _point_input(int(spec["batch"]), int(spec["n"]), columns, device)
     else:
         chunk = spec["chunk"]
         model = _contrastive(None if chunk is None else int(chunk)).eval()
@@ -390,8 +405,9 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                     ("contrastive_ms_per_image", "Contrastive ms/image"), ("ratio", "Contrastive / GroupConv")],
     "contrastive_memory": [("inputs_per_call", "Contrastive inputs_per_call"), ("input", "input"), ("batch", "batch"),
                            ("peak_mib", "peak memory MiB")],
-    "points": [("points", "points per cloud"), ("batch", "batch"), ("ms", "ms per batch"),
-               ("points_per_s", "points/s"), ("peak_mib", "peak memory MiB")],
+    "points": [("model", "canonicalizer"), ("points", "points per cloud"), ("batch", "batch"), ("ms", "ms per batch"),
+               ("reference_ms", "previous implementation ms"), ("speedup", "speed-up"), ("points_per_s", "points/s"),
+               ("peak_mib", "peak memory MiB")],
     "ablation": [("variant", "module"), ("input", "input"), ("batch", "batch"), ("ms", "ms"),
                  ("vs_resnet50", "/ bare ResNet-50 NCHW"), ("note", "note")],
     "pose": [("view", "canonicalizer's view"), ("canonicalizer", "canonicalizer"), ("steps", "steps"),
@@ -405,7 +421,7 @@ TITLES = {
                  "backward, SGD step): canonicalized over bare"),
     "contrastive": "4. Contrastive (EquiOptAdapt, ConvEncoder scorer) over GroupConv canonicalizer, C(8), per image",
     "contrastive_memory": "4b. Contrastive peak memory, inference, all copies at once vs one input's copies at a time",
-    "points": "5. VectorNeurons(SO3()) canonicalizer: throughput and peak memory",
+    "points": "5. Point canonicalizers: throughput against the previous implementation, and peak memory",
     "ablation": "Making it fast: canonicalizer variants, channels_last and torch.compile (inference)",
     "pose": ("6. Pose accuracy, C(8): the canonicalizer trained with the prior on moved copies of Fashion-MNIST, "
              "scored on held-out images (mean over seeds, min-max in brackets)"),
@@ -451,6 +467,11 @@ def summary(results: dict[str, list[dict[str, object]]]) -> list[str]:
     if ga:
         low = min(float(r["ratio"]) for r in ga)  # type: ignore[arg-type]
         lines.append(f"target 2 (GroupAveraged / canonicalized >= 6, ResNet-50): {low:.2f} -> {'met' if low >= 6 else 'NOT met'}")
+    pts = results.get("points", [])
+    for name in sorted({str(r["model"]) for r in pts}):
+        low = min(float(r["speedup"]) for r in pts if r["model"] == name)  # type: ignore[arg-type]
+        lines.append(f"target 5 ({name} >= 5x the previous implementation): lowest {low:.2f}x "
+                     f"-> {'met' if low >= 5 else 'NOT met'}")
     return lines
 
 
@@ -496,14 +517,15 @@ def plot(results: dict[str, object], path: Path) -> None:
         ax.tick_params(axis="x", labelsize=7)
     pts = tables.get("points", [])
     ax = axes[2]
-    ax.plot([r["points"] for r in pts], [r["points_per_s"] / 1e6 for r in pts], "o-", color="tab:purple")
+    for name, color in zip(sorted({str(r["model"]) for r in pts}), ("tab:purple", "tab:orange"), strict=False):
+        rows = [r for r in pts if r["model"] == name]
+        ax.plot([r["points"] for r in rows], [r["speedup"] for r in rows], "o-", color=color, label=name)
+    ax.axhline(5, color="tab:red", ls="--", label="target 5x")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("points per cloud")
-    ax.set_ylabel("million points / s", color="tab:purple")
-    ax2 = ax.twinx()
-    ax2.plot([r["points"] for r in pts], [r["peak_mib"] for r in pts], "s--", color="tab:orange")
-    ax2.set_ylabel("peak memory (MiB)", color="tab:orange")
-    ax.set_title("5. VectorNeurons(SO3) canonicalizer")
+    ax.set_ylabel("speed-up over the previous implementation")
+    ax.legend(fontsize=7)
+    ax.set_title("5. point canonicalizers")
     info = results["machine"]
     assert isinstance(info, dict)
     fig.suptitle(f"equicanon performance on {results['device']} ({info.get('gpu') or info['cpu']}, "

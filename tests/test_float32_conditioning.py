@@ -27,6 +27,7 @@ from equicanon.data.mnist import CorruptDataError, DataNotFoundError
 from equicanon.data.molecules import QM9_PROPERTIES, qm9_folder
 from equicanon.errors import ConfigError, MissingDependencyError
 from equicanon.nn import VNLeakyReLU
+from tests import _vn_reference
 
 HAS_QM9 = importlib.util.find_spec("qm9pack") is not None
 F64 = torch.float64
@@ -193,19 +194,13 @@ def test_a_float64_network_conditions_float32_data_better() -> None:
 # ------------------------------------------------------------------ gates
 
 
-def _old_leaky_relu(layer: VNLeakyReLU, v: torch.Tensor) -> torch.Tensor:
-    """Deng et al.'s vector leaky ReLU, written out (the layer before ``smoothing`` existed)."""
-    k = layer.direction(v)
-    dot = (v * k).sum(-1, keepdim=True)
-    projected = v - dot / ((k * k).sum(-1, keepdim=True) + layer.eps) * k
-    return layer.negative_slope * v + (1 - layer.negative_slope) * torch.where(dot >= 0, v, projected)
-
-
 def test_zero_smoothing_is_the_vector_leaky_relu_of_deng_et_al() -> None:
+    """Deng et al.'s gate written out (tests/_vn_reference.py, the layer before ``smoothing`` and before its
+    closed form): the same numbers to float32 rounding."""
     torch.manual_seed(0)
     layer = VNLeakyReLU(5)
     v = torch.randn(4, 7, 5, 3)
-    assert torch.equal(layer(v), _old_leaky_relu(layer, v))
+    torch.testing.assert_close(layer(v), _vn_reference.leaky_relu(layer, v), rtol=1e-6, atol=1e-6)
 
 
 def test_smoothing_turns_the_switch_of_parallel_channels_into_a_ramp() -> None:

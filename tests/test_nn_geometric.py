@@ -19,6 +19,7 @@ from equicanon.nn import (
     knn,
 )
 from equicanon.testing import assert_equivariant, assert_invariant
+from tests import _vn_reference
 
 GROUPS = [ec.SO3(), ec.O3()]
 
@@ -97,3 +98,89 @@ def test_deepsets_is_permutation_equivariant(make):
 def test_deepsets_rejects_wrong_feature_count():
     with pytest.raises(ec.errors.ShapeError, match=r"\(B, n, 3\)"):
         DeepSetsLayer(3, 4)(torch.randn(2, 5, 2))
+
+
+# --- the fused layers against the plain implementation they replaced (tests/_vn_reference.py) ---------------
+
+
+def _cloud(n: int = 40, batch: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(batch, n, 3, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _padding(shape: tuple[int, int], seed: int = 1) -> torch.Tensor:
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.3
+    mask[:, 0] = True
+    return mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_knn_finds_the_reference_neighbourhoods(masked):
+    x = _cloud(200, seed=2)
+    mask = _padding((3, 200)) if masked else None
+    assert torch.equal(knn(x, 9, mask).sort(-1).values, _vn_reference.knn(x, 9, mask).sort(-1).values)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+@pytest.mark.parametrize("smoothing", [0.0, 1.0])
+@pytest.mark.parametrize("cross", [False, True])
+def test_closed_form_edge_conv_equals_the_plain_edge_features(cross, smoothing, masked):
+    """Same outputs (float64 to 1e-12, float32 to float32 rounding) and the same gradients to the weights and
+    the points as the plain layer that builds every edge's channels."""
+    torch.manual_seed(0)
+    layer = VNEdgeConv(8, k=6, cross=cross, smoothing=smoothing).double()
+    x = _cloud().requires_grad_(True)
+    mask = _padding((3, 40)) if masked else None
+    out, expected = layer(x, mask), _vn_reference.edge_conv(layer, x, mask)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    target = torch.randn_like(out)
+    fast = torch.autograd.grad((out * target).sum(), [x, *layer.parameters()])
+    plain = torch.autograd.grad((expected * target).sum(), [x, *layer.parameters()])
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    single = layer.float()
+    torch.testing.assert_close(single(x.detach().float(), mask), _vn_reference.edge_conv(single, x.detach().float(), mask),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["channels_inner", "vectors_inner"])
+def test_point_layers_equal_the_plain_einsums(contiguous):
+    torch.manual_seed(0)
+    v = torch.randn(3, 7, 3, 5, dtype=torch.float64).mT  # (..., C, 3) as a view of (..., 3, C) memory
+    v = v.contiguous() if contiguous else v
+    lin, bn = VNLinear(5, 4).double(), VNBatchNorm(5).double()
+    torch.testing.assert_close(lin(v), _vn_reference.linear(lin, v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bn(v), _vn_reference.batch_norm(bn, v), rtol=1e-12, atol=1e-12)
+    for smoothing in (0.0, 0.5):
+        relu = VNLeakyReLU(5, smoothing=smoothing).double()
+        torch.testing.assert_close(relu(v), _vn_reference.leaky_relu(relu, v), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("make", [
+    lambda: ec.canonicalizers.VectorNeurons(ec.SO3(), hidden=8, k=6),
+    lambda: ec.canonicalizers.VectorNeurons(ec.O3(), hidden=8, k=6),
+    lambda: ec.canonicalizers.ParticleVectorNeurons(ec.SE3(), features=1, hidden=8),
+], ids=["vector_neurons_SO3", "vector_neurons_O3", "particle_vector_neurons"])
+def test_canonicalizers_equal_the_plain_implementation(make, mode, masked):
+    """Poses, output vectors and the prior's gradients of the whole canonicalizer, float64 and float32."""
+    torch.manual_seed(0)
+    canon = make().double().train(mode == "train")
+    particles = isinstance(canon, ec.canonicalizers.ParticleVectorNeurons)
+    x = torch.randn(3, 30, 7 if particles else 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    mask = _padding((3, 30)) if masked else None
+    plain = _vn_reference.particle_vector_neurons if particles else _vn_reference.vector_neurons
+    result = canon(x, mask=mask)
+    pose, vectors = plain(canon, x, mask)
+    torch.testing.assert_close(result.extras["vectors"], vectors, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(result.pose[:, :3, :3], pose, rtol=1e-10, atol=1e-10)
+    fast = torch.autograd.grad(((result.pose[:, :3, :3] - torch.eye(3)) ** 2).sum(), list(canon.parameters()),
+                               allow_unused=True)
+    slow = torch.autograd.grad(((pose - torch.eye(3)) ** 2).sum(), list(canon.parameters()), allow_unused=True)
+    for a, b in zip(fast, slow, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    single = canon.float().eval()
+    torch.testing.assert_close(single(x.float(), mask=mask).extras["vectors"], plain(single, x.float(), mask)[1],
+                               rtol=1e-4, atol=1e-5)

@@ -142,14 +142,16 @@ def test_default_group_conv_pools_large_views_only() -> None:
 def test_blocked_knn_matches_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(2, 300, 3, generator=torch.Generator().manual_seed(1))
     whole = vector_neurons.knn(x, 8)
-    monkeypatch.setattr(vector_neurons, "KNN_BLOCK", 2 * 300 * 37)  # 37 rows per block, last block partial
+    monkeypatch.setattr(vector_neurons, "KNN_CPU_BLOCK", 2 * 300 * 37)  # 37 rows per block, last block partial
     blocked = vector_neurons.knn(x, 8)
     assert torch.equal(torch.sort(blocked, -1).values, torch.sort(whole, -1).values)
     torch.manual_seed(0)
     vn = VectorNeurons(ec.SO3(), hidden=8, layers=1, k=8).eval()
-    monkeypatch.setattr(vector_neurons, "KNN_BLOCK", 2**24)
+    monkeypatch.setattr(vector_neurons, "KNN_CPU_BLOCK", 2**24)
+    monkeypatch.setattr(vector_neurons, "EDGE_BLOCK", 2**24)
     pose = vn(x).pose
-    monkeypatch.setattr(vector_neurons, "KNN_BLOCK", 2 * 300 * 37)
+    monkeypatch.setattr(vector_neurons, "KNN_CPU_BLOCK", 2 * 300 * 37)
+    monkeypatch.setattr(vector_neurons, "EDGE_BLOCK", 8 * 8 * 7)  # 7 points per edge block, last one partial
     torch.testing.assert_close(vn(x).pose, pose)
 
 
@@ -172,8 +174,10 @@ def test_benchmark_script_quick(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "performance.py"), "--quick", "--threads", "1",
                            "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for title in ("1. Inference", "2. GroupAveraged", "3. Training step", "4. Contrastive", "5. VectorNeurons"):
+    for title in ("1. Inference", "2. GroupAveraged", "3. Training step", "4. Contrastive", "5. Point canonicalizers"):
         assert title in proc.stdout
+    assert {r["model"] for r in json.loads((tmp_path / "benchmarks" / "performance.json").read_text())["tables"]["points"]
+            } == {"VectorNeurons(SO3())", "ParticleVectorNeurons(SE3(), features=1)"}
     data = json.loads((tmp_path / "benchmarks" / "performance.json").read_text())
     assert data["quick"] and data["machine"]["threads"] == 1
     for row in data["tables"]["inference"] + data["tables"]["group_averaged"] + data["tables"]["training"]:

@@ -13,7 +13,7 @@ from ..actions import Particles, Points
 from ..errors import ConfigError, check_floating, check_mask, check_number, check_positive_int, check_shape
 from ..groups import E3, O3, SE3, SO3, Group, RigidGroup, as_group
 from ..nn.masking import masked_mean
-from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool
+from ..nn.vector_neurons import VNBatchNorm, VNEdgeConv, VNLeakyReLU, VNLinear, VNMeanPool, _mix
 from .base import Canonicalization, RegistryCase, register
 from .frames import VectorFrames
 from .functional import gram_schmidt_with_margin, matrix_prior
@@ -55,9 +55,12 @@ class _Trunk(nn.Module):
     def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask (B, N)`` (True: a real point): the context means and batch statistics are over real points."""
         for block in self.blocks:
+            layers = list(cast(nn.Sequential, block))
             if self.context:
-                v = torch.cat([v, masked_mean(v, mask, keepdim=True).expand_as(v)], dim=-2)
-            for layer in cast(nn.Sequential, block):
+                # W [v, mean v] = W_own v + W_mean (mean v): the mean's product once per sample, no concatenation
+                weight, channels = cast(VNLinear, layers.pop(0)).weight, v.shape[-2]
+                v = _mix(v, weight[:, :channels]) + _mix(masked_mean(v, mask, keepdim=True), weight[:, channels:])
+            for layer in layers:
                 v = layer(v, mask) if isinstance(layer, VNBatchNorm) else layer(v)
         return v
 
@@ -126,7 +129,8 @@ class _FrameHead(nn.Module):
         # pooling, Σ_c |W_oc| mean_i |v_ic|: vectors that vanish by the input's symmetry (a centred line,
         # coincident points) are rounding noise of that size, not directions.
         with torch.no_grad():
-            sizes = pool(torch.linalg.vector_norm(features, dim=-1)[..., None], mask)[..., 0]  # (B, C)
+            # sqrt of vecdot: 40x faster than vector_norm on (B, N, C, 3) on a CPU (the features are of order 1)
+            sizes = pool(torch.linalg.vecdot(features, features).sqrt()[..., None], mask)[..., 0]  # (B, C)
             scale = (sizes @ self.out.weight.abs().t().to(sizes)).amax(dim=-1)
         # Orthonormalised in float64 (B x 3 x 3: cheap), with the threshold of the network's dtype: its rounding
         # noise still counts as degenerate, but Gram–Schmidt adds no rounding error of its own.
@@ -272,22 +276,27 @@ class ParticleVectorNeurons(VectorFrames):
         check_shape(x, "B N F", F=6 + self.features, name="particles")
         check_floating(x, "particles")
         mask = check_mask(mask, x)
-        pos, vel, feat = x[..., 0:3].double(), x[..., 3:6].double(), x[..., 6:]
-        centroid = masked_mean(pos, mask)  # (B, 3)
-        rel = pos - centroid[:, None, :]
-        # the padded rows set to 0 for the scales and the network (the canonical form keeps them moved)
-        rel_real, vel_real = (rel, vel) if mask is None else (rel * mask[..., None], vel * mask[..., None])
-        r = rel_real / _rms_norm(rel_real, mask)
-        v = vel_real / _rms_norm(vel_real, mask)
-        dtype = _network_dtype(x, self.head)
-        base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(dtype)  # (B, N, 3, 3)
-        scaled = [base * feat[..., i, None, None].to(dtype) for i in range(self.features)]
-        vectors_in = torch.cat([base, *scaled], dim=-2)  # (B, N, 3(1 + k), 3)
+        vectors_in, centroid = self._network_input(x, mask)
         rotation, vectors, margin, scale = self.head(self.trunk(vectors_in, mask), self.pool, mask)
+        rel, vel, feat = x[..., 0:3].double() - centroid[:, None, :], x[..., 3:6].double(), x[..., 6:]
         canonical = torch.cat([(rel @ rotation).to(x.dtype), (vel @ rotation).to(x.dtype), feat], dim=-1)
         pose = self.group.from_parts(rotation, centroid).to(x.dtype)
         return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors, "scale": scale},
                                 margin=margin.to(x.dtype))
+
+    def _network_input(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's vector channels ``(B, N, 3(1 + k), 3)`` (in its dtype) and the centroid ``(B, 3)`` (float64)."""
+        pos, vel, feat = x[..., 0:3].double(), x[..., 3:6].double(), x[..., 6:]
+        centroid = masked_mean(pos, mask)  # (B, 3)
+        rel = pos - centroid[:, None, :]
+        # the padded rows set to 0 for the scales and the network (the canonical form keeps them moved)
+        rel, vel = (rel, vel) if mask is None else (rel * mask[..., None], vel * mask[..., None])
+        r = rel / _rms_norm(rel, mask)
+        v = vel / _rms_norm(vel, mask)
+        dtype = _network_dtype(x, self.head)
+        base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(dtype)  # (B, N, 3, 3)
+        scaled = [base * feat[..., i, None, None].to(dtype) for i in range(self.features)]
+        return torch.cat([base, *scaled], dim=-2), centroid
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """``‖R − I‖²_F`` of the rotation part, averaged over the batch (the translation has no prior).
