@@ -48,6 +48,8 @@ from tests import _vn_reference
 
 import equicanon as ec
 from equicanon.canonicalizers import Contrastive, GroupConv, ParticleVectorNeurons, VectorNeurons
+from equicanon.canonicalizers.functional import all_transforms
+from equicanon.canonicalizers.image import center_crop_resize
 from equicanon.data import load_fashion_mnist
 from equicanon.models import ConvEncoder, SmallCNN
 from equicanon.training import fit, step
@@ -169,16 +171,25 @@ def training(b: Bench) -> None:
         y = torch.randint(0, 10, (batch,), generator=b.gen).to(b.device)
         t = b.time({"bare": partial(_step, bare, opt_b, x, y, b.gen),
                     "canonicalized": partial(_step, model, opt_c, x, y, b.gen)})
-        b.add("training", {"predictor": name, "input": f"{shape[1]} px", "batch": batch, "bare_ms": ms(t.median("bare")),
-                           "canonicalized_ms": ms(t.median("canonicalized")),
+        b.add("training", {"predictor": name, "canonicalizer": "GroupConv", "input": f"{shape[1]} px", "batch": batch,
+                           "bare_ms": ms(t.median("bare")), "canonicalized_ms": ms(t.median("canonicalized")),
                            "ratio": round(t.ratio("canonicalized", "bare"), 3)})
+        if name == "ResNet-50" or b.quick:  # Contrastive with its default network, in front of the large predictor
+            model = ec.Canonicalized(copy.deepcopy(bare), _contrastive(channels=shape[0])).to(b.device).train()
+            opt_c = torch.optim.SGD(model.parameters(), lr=1e-3)
+            t = b.time({"bare": partial(_step, bare, opt_b, x, y, b.gen),
+                        "canonicalized": partial(_step, model, opt_c, x, y, b.gen)})
+            b.add("training", {"predictor": name, "canonicalizer": "Contrastive", "input": f"{shape[1]} px",
+                               "batch": batch, "bare_ms": ms(t.median("bare")),
+                               "canonicalized_ms": ms(t.median("canonicalized")),
+                               "ratio": round(t.ratio("canonicalized", "bare"), 3)})
 
 
 # --- 4: Contrastive against GroupConv ------------------------------------------------------------------------
 
 
-def _contrastive(chunk: int | None = None) -> Contrastive:
-    return Contrastive(GROUP, ConvEncoder(3), crop=0.8, resize=96, inputs_per_call=chunk)
+def _contrastive(chunk: int | None = None, channels: int = 3) -> Contrastive:
+    return Contrastive(GROUP, ConvEncoder(channels), crop=0.8, resize=96, inputs_per_call=chunk)
 
 
 def contrastive(b: Bench, script: Path) -> None:
@@ -192,12 +203,43 @@ def contrastive(b: Bench, script: Path) -> None:
     b.add("contrastive", {"input": f"{size} px", "batch": batch, "group_conv_ms_per_image": ms(t.median("group_conv") / batch),
                           "contrastive_ms_per_image": ms(t.median("contrastive") / batch),
                           "ratio": round(t.ratio("contrastive", "group_conv"), 2)})
+    _contrastive_training(b, x)
     for chunk in (None, 1):
         spec = {"kind": "contrastive", "chunk": chunk, "batch": batch, "size": size, "device": str(b.device)}
         model = _contrastive(chunk).to(b.device).eval()
         peak = peak_memory_mib(partial(_no_grad, model, x), b.device, spec, script, b.threads, subprocess_=b.subprocess)
         b.add("contrastive_memory", {"inputs_per_call": str(chunk), "batch": batch, "input": f"{size} px",
                                      "peak_mib": round(peak, 1)})
+
+
+def _canonicalizer_step(canon: Contrastive, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """Contrastive's own training step: forward in training mode, its prior plus a loss on the canonical form
+    (so the straight-through gradient to the logits runs, as under a predictor's loss), backward, SGD step."""
+    opt.zero_grad(set_to_none=True)
+    result = canon(x)
+    (canon.prior_loss(result) + result.canonical.square().mean()).backward()
+    opt.step()
+
+
+def _network_step(network: nn.Module, opt: torch.optim.Optimizer, views: torch.Tensor) -> None:
+    """The scoring network alone: forward and backward on the |G| views of the batch, SGD step."""
+    opt.zero_grad(set_to_none=True)
+    network(views).square().mean().backward()
+    opt.step()
+
+
+def _contrastive_training(b: Bench, x: torch.Tensor) -> None:
+    canon = _contrastive().to(b.device).train()
+    opt = torch.optim.SGD(canon.parameters(), lr=1e-3)
+    views = all_transforms(GROUP, canon.action, center_crop_resize(x, canon.crop, canon.resize)).flatten(0, 1)
+    network = copy.deepcopy(canon.network).train()
+    opt_n = torch.optim.SGD(network.parameters(), lr=1e-3)
+    t = b.time({"contrastive": partial(_canonicalizer_step, canon, opt, x),
+                "network": partial(_network_step, network, opt_n, views)})
+    b.add("contrastive_training", {"input": f"{x.shape[-1]} px", "batch": len(x), "views": f"{len(views)} x "
+                                   f"{views.shape[-1]} px", "network_ms": ms(t.median("network")),
+                                   "contrastive_ms": ms(t.median("contrastive")),
+                                   "ratio": round(t.ratio("contrastive", "network"), 3)})
 
 
 def _no_grad(model: nn.Module, x: torch.Tensor) -> object:
@@ -399,10 +441,14 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "group_averaged": [("predictor", "predictor"), ("input", "input"), ("batch", "batch"),
                        ("canonicalized_ms", "canonicalized ms"), ("group_averaged_ms", "GroupAveraged ms"),
                        ("ratio", "GroupAveraged / canonicalized")],
-    "training": [("predictor", "predictor"), ("input", "input"), ("batch", "batch"), ("bare_ms", "bare step ms"),
+    "training": [("predictor", "predictor"), ("canonicalizer", "canonicalizer"), ("input", "input"), ("batch", "batch"),
+                 ("bare_ms", "bare step ms"),
                  ("canonicalized_ms", "canonicalized step ms"), ("ratio", "canonicalized / bare")],
     "contrastive": [("input", "input"), ("batch", "batch"), ("group_conv_ms_per_image", "GroupConv ms/image"),
                     ("contrastive_ms_per_image", "Contrastive ms/image"), ("ratio", "Contrastive / GroupConv")],
+    "contrastive_training": [("input", "input"), ("batch", "batch"), ("views", "scored views"),
+                             ("network_ms", "network fwd+bwd on the views ms"),
+                             ("contrastive_ms", "Contrastive train step ms"), ("ratio", "Contrastive / network")],
     "contrastive_memory": [("inputs_per_call", "Contrastive inputs_per_call"), ("input", "input"), ("batch", "batch"),
                            ("peak_mib", "peak memory MiB")],
     "points": [("model", "canonicalizer"), ("points", "points per cloud"), ("batch", "batch"), ("ms", "ms per batch"),
@@ -420,6 +466,8 @@ TITLES = {
     "training": ("3. Training step (`equicanon.training.step`: forward, prior on the batch moved by random elements, "
                  "backward, SGD step): canonicalized over bare"),
     "contrastive": "4. Contrastive (EquiOptAdapt, ConvEncoder scorer) over GroupConv canonicalizer, C(8), per image",
+    "contrastive_training": ("4a. Contrastive training step (forward, prior, a loss on the canonical form, backward, "
+                             "SGD step) over its scoring network's forward + backward on the |G| views (target: at most 1.2)"),
     "contrastive_memory": "4b. Contrastive peak memory, inference, all copies at once vs one input's copies at a time",
     "points": "5. Point canonicalizers: throughput against the previous implementation, and peak memory",
     "ablation": "Making it fast: canonicalizer variants, channels_last and torch.compile (inference)",
@@ -457,16 +505,21 @@ def summary(results: dict[str, list[dict[str, object]]]) -> list[str]:
     big = [r for r in results.get("inference", []) if r["predictor"] == "ResNet-50"]
     if big:
         worst = max(float(r["ratio"]) for r in big)  # type: ignore[arg-type]
-        lines.append(f"target 1 (canonicalized / bare at {big[0]['input']} <= 1.10): worst {worst:.3f} "
-                     f"-> {'met' if worst <= 1.10 else 'NOT met'}")
+        lines.append(f"target 1 (inference, canonicalized / bare at {big[0]['input']} <= 1.05): worst {worst:.3f} "
+                     f"-> {'met' if worst <= 1.05 else 'NOT met'}")
     train = [r for r in results.get("training", []) if r["predictor"] == "ResNet-50"]
-    if train:
-        lines.append(f"training step at {train[0]['input']}, batch {train[0]['batch']} (prior on moved copies "
-                     f"included): canonicalized / bare {train[0]['ratio']}")
     ga = [r for r in results.get("group_averaged", []) if r["predictor"] == "ResNet-50"]
     if ga:
         low = min(float(r["ratio"]) for r in ga)  # type: ignore[arg-type]
         lines.append(f"target 2 (GroupAveraged / canonicalized >= 6, ResNet-50): {low:.2f} -> {'met' if low >= 6 else 'NOT met'}")
+    for r in train:  # the prior on moved copies included
+        ratio = float(r["ratio"])  # type: ignore[arg-type]
+        lines.append(f"target 1 (training step, {r['canonicalizer']} in front of ResNet-50 at {r['input']}, batch "
+                     f"{r['batch']} <= 1.10): {ratio:.3f} -> {'met' if ratio <= 1.10 else 'NOT met'}")
+    for r in results.get("contrastive_training", []):
+        ratio = float(r["ratio"])  # type: ignore[arg-type]
+        lines.append(f"target 2 (Contrastive training step / its network on the views <= 1.2): {ratio:.3f} "
+                     f"-> {'met' if ratio <= 1.2 else 'NOT met'}")
     pts = results.get("points", [])
     for name in sorted({str(r["model"]) for r in pts}):
         low = min(float(r["speedup"]) for r in pts if r["model"] == name)  # type: ignore[arg-type]

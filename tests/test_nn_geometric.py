@@ -17,6 +17,7 @@ from equicanon.nn import (
     VNLinear,
     VNMeanPool,
     knn,
+    vector_neurons,
 )
 from equicanon.testing import assert_equivariant, assert_invariant
 from tests import _vn_reference
@@ -114,10 +115,13 @@ def _padding(shape: tuple[int, int], seed: int = 1) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
-def test_knn_finds_the_reference_neighbourhoods(masked):
+def test_knn_finds_the_reference_neighbourhoods(masked, monkeypatch):
     x = _cloud(200, seed=2)
     mask = _padding((3, 200)) if masked else None
-    assert torch.equal(knn(x, 9, mask).sort(-1).values, _vn_reference.knn(x, 9, mask).sort(-1).values)
+    expected = _vn_reference.knn(x, 9, mask).sort(-1).values
+    assert torch.equal(knn(x, 9, mask).sort(-1).values, expected)
+    monkeypatch.setattr(vector_neurons, "KNN_CPU_BLOCK", 3 * 200 * 13)  # 13 rows per block, the last one partial
+    assert torch.equal(knn(x, 9, mask).sort(-1).values, expected)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])

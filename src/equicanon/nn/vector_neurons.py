@@ -4,6 +4,11 @@ Features are ``(B, N, C, 3)``: ``C`` vector channels per point. Every layer maps
 ``V R`` to ``f(V) R`` for any orthogonal ``R`` (vectors are rows, rotated on the
 right), and acts on each point independently, so it commutes with permuting
 points. No layer adds a bias to a vector: a bias would not rotate.
+
+The layers compute in a ``(B, N, 3, C)`` memory layout (channels innermost), where mixing channels is one
+matrix product: their ``(B, N, C, 3)`` outputs are transposed views of it (``.reshape``, not ``.view``, or
+``.contiguous()`` first, to flatten them). The plain implementation they replaced, which builds every
+edge's channels as vectors, is kept in ``tests/_vn_reference.py`` as the tests' reference.
 """
 
 from __future__ import annotations
@@ -43,14 +48,26 @@ def knn(points: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch
     keys = torch.cat([-2 * points, (points * points).sum(-1, keepdim=True)], dim=-1).transpose(1, 2)
     block = KNN_CPU_BLOCK if points.device.type == "cpu" else KNN_BLOCK
     rows = n if b * n * n <= block else max(1, block // (b * n))
-    # each block's top-k is taken before the next block exists
-    parts = []
-    for i in range(0, n, rows):
-        dist = queries[:, i:i + rows] @ keys
+    if rows >= n:
+        dist = queries @ keys
         if mask is not None:
             dist = dist.masked_fill_(~mask[:, None, :], float("inf"))
-        parts.append(dist.topk(k, dim=-1, largest=False).indices)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return dist.topk(k, dim=-1, largest=False).indices
+    # Block after block into the same buffers: each block's top-k is taken before the next block exists, and
+    # the allocator is not asked for (and does not keep) a fresh block each time.
+    out = torch.empty(b, n, k, dtype=torch.long, device=points.device)
+    dist = points.new_empty(b, rows, n)
+    values, indices = points.new_empty(b, rows, k), out.new_empty(b, rows, k)
+    far = None if mask is None else ~mask[:, None, :]
+    for i in range(0, n, rows):
+        m = min(rows, n - i)
+        block_dist = dist[:, :m]
+        torch.bmm(queries[:, i:i + m], keys, out=block_dist)
+        if far is not None:
+            block_dist.masked_fill_(far, float("inf"))
+        torch.topk(block_dist, k, dim=-1, largest=False, out=(values[:, :m], indices[:, :m]))
+        out[:, i:i + m] = indices[:, :m]
+    return out
 
 
 def _mix(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
