@@ -283,6 +283,20 @@ def _layers(group: ec.groups.PlanarFiniteGroup, filters: str) -> list[tuple[nn.M
             (GroupConv2d(group, 3, 4, kernel_size=3, filters=filters).double(), _features(group, 10))]
 
 
+CACHE_CASES = pytest.mark.parametrize("group,filters", [(g, f) for g in (ec.C(8), ec.D(4)) for f in FILTERS],
+                                      ids=lambda v: v if isinstance(v, str) else repr(v))
+
+
+def _evaluated(group: ec.groups.PlanarFiniteGroup, filters: str) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """The layers of :func:`_layers` in eval mode, with their first output (which builds the cache)."""
+    out = []
+    for layer, x in _layers(group, filters):
+        layer.eval()
+        with torch.no_grad():
+            out.append((layer, x, layer(x)))
+    return out
+
+
 def _uncached(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's output with its filters built afresh (a copy in training mode; no batch statistics here)."""
     fresh = copy.deepcopy(layer).train()
@@ -290,14 +304,11 @@ def _uncached(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return fresh(x)
 
 
-@pytest.mark.parametrize("filters", FILTERS)
-@pytest.mark.parametrize("group", [ec.C(8), ec.D(4)], ids=repr)
+@CACHE_CASES
 def test_eval_mode_builds_filters_once_and_gives_the_same_outputs(group, filters):
-    for layer, x in _layers(group, filters):
-        layer.eval()
+    for layer, x, first in _evaluated(group, filters):
+        cached = layer._filter_cache[1]
         with torch.no_grad():
-            first = layer(x)
-            cached = layer._filter_cache[1]
             second = layer(x)
         assert layer._filter_cache[1] is cached  # reused, not rebuilt
         torch.testing.assert_close(first, _uncached(layer, x), rtol=0, atol=0)
@@ -306,13 +317,9 @@ def test_eval_mode_builds_filters_once_and_gives_the_same_outputs(group, filters
             torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("filters", FILTERS)
-@pytest.mark.parametrize("group", [ec.C(8), ec.D(4)], ids=repr)
+@CACHE_CASES
 def test_cached_filters_follow_optimizer_steps_load_state_dict_and_dtype(group, filters):
-    for layer, x in _layers(group, filters):
-        layer.eval()
-        with torch.no_grad():
-            before = layer(x)
+    for layer, x, before in _evaluated(group, filters):
         opt = torch.optim.SGD(layer.parameters(), lr=0.5)
         layer.train()
         layer(x).square().mean().backward()
