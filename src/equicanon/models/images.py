@@ -74,7 +74,9 @@ class ConvEncoder(nn.Module):
         out_dim: size ``d`` of the output features (the attribute ``out_dim``).
         hidden: channels of the first convolution (the others have twice as many).
 
-    Shapes: ``(N, in_channels, H, W)`` (any ``H, W >= 1``) to ``(N, out_dim)``.
+    Shapes: ``(N, in_channels, H, W)`` (any ``H, W >= 1``) to ``(N, out_dim)``. The convolutions run in the
+    channels-last memory format whatever the input's, where oneDNN's convolutions and their backward avoid
+    layout copies (Contrastive's cost with it: ``benchmarks/performance.py``, sections 3 and 4).
     """
 
     def __init__(self, in_channels: int, out_dim: int = 64, hidden: int = 16) -> None:
@@ -93,7 +95,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``(N, out_dim)`` of images ``x: (N, in_channels, H, W)``."""
         check_shape(x, "N C H W", C=self.in_channels)
-        return self.head(self.features(x))
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
 class LeNet(nn.Sequential):
