@@ -276,27 +276,28 @@ class ParticleVectorNeurons(VectorFrames):
         check_shape(x, "B N F", F=6 + self.features, name="particles")
         check_floating(x, "particles")
         mask = check_mask(mask, x)
-        vectors_in, centroid = self._network_input(x, mask)
+        vectors_in, centroid, rel, vel = self._network_input(x, mask)
         rotation, vectors, margin, scale = self.head(self.trunk(vectors_in, mask), self.pool, mask)
-        rel, vel, feat = x[..., 0:3].double() - centroid[:, None, :], x[..., 3:6].double(), x[..., 6:]
-        canonical = torch.cat([(rel @ rotation).to(x.dtype), (vel @ rotation).to(x.dtype), feat], dim=-1)
+        canonical = torch.cat([(rel @ rotation).to(x.dtype), (vel @ rotation).to(x.dtype), x[..., 6:]], dim=-1)
         pose = self.group.from_parts(rotation, centroid).to(x.dtype)
         return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors, "scale": scale},
                                 margin=margin.to(x.dtype))
 
-    def _network_input(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network's vector channels ``(B, N, 3(1 + k), 3)`` (in its dtype) and the centroid ``(B, 3)`` (float64)."""
+    def _network_input(self, x: torch.Tensor, mask: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's vector channels ``(B, N, 3(1 + k), 3)`` (in its dtype), the centroid ``(B, 3)``, and the
+        positions relative to it and the velocities ``(B, N, 3)`` of every row (float64)."""
         pos, vel, feat = x[..., 0:3].double(), x[..., 3:6].double(), x[..., 6:]
         centroid = masked_mean(pos, mask)  # (B, 3)
         rel = pos - centroid[:, None, :]
         # the padded rows set to 0 for the scales and the network (the canonical form keeps them moved)
-        rel, vel = (rel, vel) if mask is None else (rel * mask[..., None], vel * mask[..., None])
-        r = rel / _rms_norm(rel, mask)
-        v = vel / _rms_norm(vel, mask)
+        rel_real, vel_real = (rel, vel) if mask is None else (rel * mask[..., None], vel * mask[..., None])
+        r = rel_real / _rms_norm(rel_real, mask)
+        v = vel_real / _rms_norm(vel_real, mask)
         dtype = _network_dtype(x, self.head)
         base = torch.stack([r, r * (r * r).sum(-1, keepdim=True), v], dim=-2).to(dtype)  # (B, N, 3, 3)
         scaled = [base * feat[..., i, None, None].to(dtype) for i in range(self.features)]
-        return torch.cat([base, *scaled], dim=-2), centroid
+        return torch.cat([base, *scaled], dim=-2), centroid, rel, vel
 
     def prior_loss(self, result: Canonicalization, target: torch.Tensor | None = None) -> torch.Tensor:
         """``‖R − I‖²_F`` of the rotation part, averaged over the batch (the translation has no prior).

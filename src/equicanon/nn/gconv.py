@@ -200,8 +200,20 @@ class _CachedFilters(nn.Module):
     basis: torch.Tensor | None
     _filter_cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor | None] | None = None
 
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    group: PlanarFiniteGroup
+    #: whether the input carries a group axis (group convolution) or not (lifting convolution)
+    _regular_input: bool
+
     def _build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
+        """``(filters (C_out |G|, C_in [|G|], k, k), bias (C_out |G|,) or None)`` for one ``conv2d``."""
+        n, k = self.group.order, self.kernel_size
+        filters = transform_filters(self.group, self.weight, regular_input=self._regular_input, basis=self.basis)
+        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
+        width = self.in_channels * (n if self._regular_input else 1)
+        return filters.reshape(self.out_channels * n, width, k, k), bias
 
     def clear_filter_cache(self) -> None:
         """Forget the filters built in eval mode (needed only after writing a parameter through ``.data``)."""
@@ -270,6 +282,7 @@ class LiftingConv2d(_CachedFilters):
     weight: nn.Parameter  # these three from _init_filters
     basis: torch.Tensor | None
     filters: str
+    _regular_input = False
 
     def __init__(self, group: Group, in_channels: int, out_channels: int, kernel_size: int = 5,
                  bias: bool = True, filters: str = "auto", pool_above: int | None = None) -> None:
@@ -286,12 +299,6 @@ class LiftingConv2d(_CachedFilters):
     def extra_repr(self) -> str:
         return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"filters={self.filters!r}" + (f", pool_above={self.pool_above}" if self.pool_above is not None else ""))
-
-    def _build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        n, k = self.group.order, self.kernel_size
-        filters = transform_filters(self.group, self.weight, regular_input=False, basis=self.basis)
-        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
-        return filters.reshape(self.out_channels * n, self.in_channels, k, k), bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, C_in, H, W)`` → ``(B, C_out, |G|, H, W)`` (``H/2``, ``W/2`` rounded up when pooled)."""
@@ -313,6 +320,7 @@ class GroupConv2d(_CachedFilters):
     weight: nn.Parameter  # these three from _init_filters
     basis: torch.Tensor | None
     filters: str
+    _regular_input = True
 
     def __init__(self, group: Group, in_channels: int, out_channels: int, kernel_size: int = 3,
                  bias: bool = True, filters: str = "auto", pool_above: int | None = None) -> None:
@@ -330,12 +338,6 @@ class GroupConv2d(_CachedFilters):
     def extra_repr(self) -> str:
         return (f"{self.group}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"filters={self.filters!r}" + (f", pool_above={self.pool_above}" if self.pool_above is not None else ""))
-
-    def _build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        n, k = self.group.order, self.kernel_size
-        filters = transform_filters(self.group, self.weight, regular_input=True, basis=self.basis)
-        bias = self.bias.repeat_interleave(n) if self.bias is not None else None
-        return filters.reshape(self.out_channels * n, self.in_channels * n, k, k), bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, C_in, |G|, H, W)`` → ``(B, C_out, |G|, H, W)`` (``H/2``, ``W/2`` rounded up when pooled)."""

@@ -220,14 +220,13 @@ class VNEdgeConv(nn.Module):
         flat = x.reshape(b * n, 3)
         neighbours = (idx + (torch.arange(b, device=x.device) * n)[:, None, None]).reshape(b * n, k)
         valid = None if mask is None else mask.reshape(b * n)[neighbours]  # (BN, k)
+        # in the points' dtype under autocast too: the inner products cancel, and there are few multiply-adds
         with torch.autocast(x.device.type, enabled=False):
             a = self.linear.weight.to(x.dtype)  # (C, m): channel c is Σ_m a[c, m] e_m
             d = self.act.direction.weight.to(x.dtype) @ a  # its gate direction
             forms = _edge_forms(a, d)
-        channels = a.shape[0]
-        rows = max(1, EDGE_BLOCK // (k * channels))
-        # in the points' dtype under autocast too: the inner products cancel, and there are few multiply-adds
-        with torch.autocast(x.device.type, enabled=False):
+            channels = a.shape[0]
+            rows = max(1, EDGE_BLOCK // (k * channels))
             out = [self._block(flat[i:i + rows], flat[neighbours[i:i + rows]],
                                None if valid is None else valid[i:i + rows], a, d, forms)
                    for i in range(0, b * n, rows)]
