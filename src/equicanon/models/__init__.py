@@ -13,6 +13,7 @@ pretrained images (extra)     :class:`EfficientNetClassifier`, :class:`Efficient
 point clouds                  :class:`PointEncoder` (a small PointNet)
 sets                          :class:`SetMLP`
 particle systems              :class:`NBodyMLP`, :class:`NBodyTransformer`
+molecules (padded)            :class:`MoleculeTransformer`
 ============================  ==============================================================
 
 The EfficientNet names live in :mod:`equicanon.models.efficientnet`, loaded on first use; the
@@ -34,6 +35,7 @@ from typing import Any
 
 from .imagenet import IMAGENET_NORMALIZATIONS, ImageNetClassifier, imagenet_class_name, pretrained_imagenet_classifier
 from .images import ConvEncoder, LeNet, SmallCNN, UNet
+from .molecules import MoleculeTransformer
 from .nbody import NBodyMLP, NBodyTransformer
 from .points import PointEncoder
 from .resnet import ResNet, resnet50, resnet_small
@@ -45,7 +47,7 @@ _LAZY = {name: "efficientnet" for name in
 __all__ = ["SmallCNN", "ConvEncoder", "UNet", "LeNet", "ImageNetClassifier", "IMAGENET_NORMALIZATIONS",
            "pretrained_imagenet_classifier",
            "imagenet_class_name", "ResNet", "resnet50", "resnet_small", "PointEncoder", "SetMLP",
-           "NBodyMLP", "NBodyTransformer", *_LAZY]
+           "NBodyMLP", "NBodyTransformer", "MoleculeTransformer", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ _LAZY = {
     "RotatedImageDataModule": "data", "SplitDataModule": "data",
     "TASKS": "module", "CanonicalizationModule": "module",
     "NBodyDataModule": "nbody", "PointCloudDataModule": "points", "SetDataModule": "sets",
+    "QM9DataModule": "molecules",
 }
 
 __all__ = ["step", "fit", "batches", "StepOutput", "TRANSFORMS", "auto_transform", *_LAZY]

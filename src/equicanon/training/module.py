@@ -9,6 +9,7 @@ rate and pose agreement of :mod:`equicanon.metrics`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +22,7 @@ from ..adapt import Canonicalized
 from ..canonicalizers.base import Canonicalization, Canonicalizer
 from ..errors import ConfigError, check_choice, check_number
 from ..metrics import identity_rate, pose_agreement, pose_error
-from .step import TRANSFORMS, auto_transform, draw_elements, step, task_loss_fn
+from .step import TRANSFORMS, auto_transform, draw_elements, move_keywords, split_batch, step, task_loss_fn
 
 __all__ = ["CanonicalizationModule", "TASKS"]
 
@@ -29,7 +30,8 @@ TASKS = ("classification", "regression")
 
 
 class CanonicalizationModule(pl.LightningModule):
-    """Train and validate ``model`` with Lightning's ``Trainer``; batches are ``(x, y)``.
+    """Train and validate ``model`` with Lightning's ``Trainer``; batches are ``(x, y)``, or ``(x, y, mask)`` for
+    padded point sets (``mask (B, N)`` bool goes to the model as ``mask=``; or a dict of its keyword arguments).
 
     Loss: ``task + prior_weight · canonicalizer.prior_loss + contrastive_weight ·
     canonicalizer.contrastive_loss`` (terms with weight 0 are not computed). Every term
@@ -173,11 +175,11 @@ class CanonicalizationModule(pl.LightningModule):
         """The model's prediction for ``x``."""
         return self.model(x)
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, Canonicalization | None]:
+    def _run(self, x: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Canonicalization | None]:
         if isinstance(self.model, Canonicalized):
-            out, res = self.model(x, return_canonicalization=True)
+            out, res = self.model(x, return_canonicalization=True, **kwargs)
             return out, res
-        return self.model(x), None
+        return self.model(x, **kwargs), None
 
     def task_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of logits ``(B, K)`` against labels ``(B,)``, or MSE of equal-shaped tensors."""
@@ -204,7 +206,7 @@ class CanonicalizationModule(pl.LightningModule):
         assert group is not None  # checked in __init__
         return draw_elements(group, batch_size, torch.Generator().manual_seed(seed), torch.empty(0, device=device, dtype=dtype))
 
-    def losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The loss terms of a batch (:func:`equicanon.training.step`): ``task``, ``prior`` and ``contrastive``
         when weighted, and ``loss`` (their weighted sum, with its graph).
 
@@ -220,7 +222,7 @@ class CanonicalizationModule(pl.LightningModule):
                    generator=generator, shard=shard)
         return {**out.terms, "loss": out.loss}
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """The weighted loss of ``batch = (x, y)``; logs each term under ``train/``."""
         terms = self.losses(batch)
         size = batch[0].shape[0]
@@ -228,10 +230,10 @@ class CanonicalizationModule(pl.LightningModule):
             self.log(f"train/{name}", value.detach(), sync_dist=True, batch_size=size, prog_bar=name == "loss")
         return terms["loss"]
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
-        x, y = batch
+    def _evaluate(self, batch: Sequence[Any], batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        x, y, kwargs = split_batch(batch)
         kind = "acc" if self.task == "classification" else "mse"
-        prediction, res = self._run(x)
+        prediction, res = self._run(x, kwargs)
         metrics = {f"{stage}/loss": self.task_loss(prediction, y), f"{stage}/{kind}_upright": self._score(prediction, y)}
         if res is not None:
             metrics[f"{stage}/identity_rate"] = identity_rate(res, atol=self.pose_atol)
@@ -239,7 +241,8 @@ class CanonicalizationModule(pl.LightningModule):
         if action is not None:
             g = self._draw(x.shape[0], self.val_seed * 1_000_003 + batch_idx, x.device, x.dtype)
             moved_x, moved_y = self._move(g, x, y)
-            moved_prediction, moved_res = self._run(moved_x)
+            wrapped = self.model if isinstance(self.model, Canonicalized) else None
+            moved_prediction, moved_res = self._run(moved_x, move_keywords(wrapped, kwargs, "group", g))
             metrics[f"{stage}/{kind}_transformed"] = self._score(moved_prediction, moved_y)
             if res is not None and moved_res is not None:
                 metrics[f"{stage}/pose_agreement"] = pose_agreement(res, moved_res, g, atol=self.pose_atol)
@@ -249,11 +252,11 @@ class CanonicalizationModule(pl.LightningModule):
             self.log(name, value, sync_dist=True, batch_size=x.shape[0], prog_bar=name.endswith("_transformed"))
         return metrics
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """Log validation metrics of ``batch = (x, y)`` (see the class docstring)."""
         return self._evaluate(batch, batch_idx, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def test_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """Log the validation metrics under ``test/``."""
         return self._evaluate(batch, batch_idx, "test")
 

@@ -24,7 +24,7 @@ of rotated inputs. :func:`fit` runs Adam (or any optimiser) over :func:`step`;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -48,7 +48,8 @@ from ..errors import (
 )
 from ..groups import O2, SO2, FiniteGroup, Group
 
-__all__ = ["TRANSFORMS", "auto_transform", "StepOutput", "step", "fit", "batches", "draw_elements", "move_batch", "task_loss_fn"]
+__all__ = ["TRANSFORMS", "auto_transform", "StepOutput", "step", "fit", "batches", "draw_elements", "move_batch",
+           "move_keywords", "split_batch", "task_loss_fn"]
 
 #: values of ``transform``: "auto" is "angle" for images, "group" for other inputs (see :func:`auto_transform`)
 TRANSFORMS = ("auto", "group", "angle")
@@ -73,7 +74,7 @@ def _invariant(output: Action | None) -> bool:
 
 
 Batch = Any
-Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterable[Any]
+Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, Any, Any] | Iterable[Any]
 TaskLoss = str | Callable[[Any, Any], torch.Tensor] | None
 
 
@@ -164,13 +165,46 @@ def move_batch(transform: str, action: Action, x: torch.Tensor, generator: torch
     return moved, target
 
 
-def _split(batch: Batch) -> tuple[torch.Tensor, Any]:
+def split_batch(batch: Batch) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    """``(x, y or None, keyword arguments)`` of a batch ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, extra)``, where
+    ``extra`` is a padding mask ``(B, N)`` (passed as ``mask=``) or a dict of the model's keyword arguments."""
     if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2) and isinstance(batch[0], torch.Tensor):
-        return batch[0], (batch[1] if len(batch) == 2 else None)
-    raise DTypeError(f"batch: expected a tensor x or a pair (x, y), got {type(batch).__name__}"
-                     + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+        return batch, None, {}
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2, 3) and isinstance(batch[0], torch.Tensor):
+        y = batch[1] if len(batch) > 1 else None
+        return batch[0], y, _keywords(batch[2]) if len(batch) == 3 else {}
+    raise DTypeError(f"batch: expected a tensor x, a pair (x, y) or a triple (x, y, mask or keyword dict), got "
+                     f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+
+
+def _keywords(extra: Any) -> dict[str, Any]:
+    """The model's keyword arguments from a batch's third entry: a mask tensor or a dict of them."""
+    if isinstance(extra, torch.Tensor):
+        return {"mask": extra}
+    if isinstance(extra, Mapping) and all(isinstance(k, str) for k in extra):
+        return dict(extra)
+    raise DTypeError(f"batch: the third entry must be a padding mask (B, N) or a dict of the model's keyword "
+                     f"arguments, got {type(extra).__name__}")
+
+
+def move_keywords(model: Canonicalized | None, kwargs: dict[str, Any], transform: str, g: torch.Tensor
+                   ) -> dict[str, Any]:
+    """The keyword arguments of a batch moved with ``x`` by ``g``: those the model declares in
+    ``keyword_actions`` (grid-aligned side inputs); the others (padding masks, per-input values) do not move."""
+    moving = [name for name in kwargs if model is not None and name in model.keyword_actions]
+    if not moving:
+        return kwargs
+    if transform != "group":
+        raise ConfigError(f"transform={transform!r} moves the inputs by turns that the keyword arguments "
+                          f"{moving} (keyword_actions) cannot follow exactly; use transform='group'")
+    assert model is not None
+    return {**kwargs, **{name: model.keyword_actions[name](g, kwargs[name]) for name in moving}}
+
+
+def _canonicalize(canon: Canonicalizer, x: torch.Tensor, kwargs: Mapping[str, Any]) -> Canonicalization:
+    """``canon(x)``, with the batch's padding mask where the canonicalizer takes one."""
+    mask = kwargs.get("mask")
+    return canon(x, mask=mask) if mask is not None and canon.accepts_mask else canon(x)
 
 
 def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_weight: float = 0.0,
@@ -184,8 +218,11 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
             regularizers only, the predictor is not run), a
             :class:`~equicanon.canonicalizers.Canonicalizer` alone (regularizers only), or a plain module
             (task loss only).
-        batch: ``x`` or ``(x, y)``; ``x`` e.g. images ``(B, C, H, W)``, ``y`` labels ``(B,)`` or targets that
-            move with the model's output action (dense masks, vectors).
+        batch: ``x``, ``(x, y)`` or ``(x, y, extra)``; ``x`` e.g. images ``(B, C, H, W)``, ``y`` labels ``(B,)``
+            or targets that move with the model's output action (dense masks, vectors), or ``None``; ``extra`` a
+            padding mask ``(B, N)`` bool of variable-size point sets (passed as ``mask=`` to the model, and to
+            the canonicalizer where it takes one) or a dict of the model's keyword arguments (those in
+            ``keyword_actions`` move with ``x``).
         task_loss: ``None``/``"cross_entropy"``, ``"mse"`` or a callable ``loss(prediction, y)``.
         prior_weight: weight of the canonicalization prior (0: not computed).
         contrastive_weight: weight of the canonicalizer's contrastive loss (0: not computed).
@@ -216,7 +253,7 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
     if transform is not None:
         check_choice(transform, TRANSFORMS, "transform")
     canon, wrapped = _parts(model)
-    x, y = _split(batch)
+    x, y, kwargs = split_batch(batch)
     if canon is None and (prior_weight > 0 or contrastive_weight > 0):
         raise ConfigError(f"prior_weight and contrastive_weight need a canonicalizer; model is a plain "
                           f"{type(model).__name__}")
@@ -238,6 +275,7 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
         if mover is None:
             raise ConfigError(f"transform={transform!r} needs a group: use a canonicalized model or pass action")
         x, target = move_batch(transform, mover, x, generator, shard=shard)
+        kwargs = move_keywords(wrapped, kwargs, transform, target)
         if y is not None and wrapped is not None:
             y = wrapped.output(target, y)
     terms: dict[str, torch.Tensor] = {}
@@ -246,13 +284,13 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
     prediction: Any = None
     if predicts:
         if wrapped is not None:
-            prediction, result = wrapped(x, return_canonicalization=True)
+            prediction, result = wrapped(x, return_canonicalization=True, **kwargs)
         else:
-            prediction = model(x)
+            prediction = model(x, **kwargs)
         loss = task_loss_fn(task_loss)(prediction, y)
         terms["task"] = loss
     elif canon is not None:
-        result = canon(x)
+        result = _canonicalize(canon, x, kwargs)
     if teacher is not None and prior_weight > 0 and result is not None:
         target = teacher_distribution(teacher, x, canon)
     if canon is not None and result is not None:
@@ -278,19 +316,30 @@ def teacher_distribution(teacher: Canonicalizer, x: torch.Tensor, student: Canon
     return logits.float().softmax(dim=-1)
 
 
-def batches(data: Data, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, Any]]:
-    """Endless ``(x, y or None)`` batches: random draws (with replacement) of ``batch_size`` from a tensor
-    ``(N, *)`` or a pair ``(inputs (N, *), labels (N, *))``, or an iterable of batches cycled through."""
-    if isinstance(data, torch.Tensor) or (isinstance(data, tuple) and len(data) == 2
-                                          and all(isinstance(t, torch.Tensor) for t in data)):
-        x, y = (data, None) if isinstance(data, torch.Tensor) else data
+def _index_keywords(kwargs: dict[str, Any], idx: torch.Tensor, count: int) -> dict[str, Any]:
+    """The rows ``idx`` of every keyword tensor with ``count`` rows (one per input); other values as they are."""
+    return {k: v[idx.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == count else v
+            for k, v in kwargs.items()}
+
+
+def batches(data: Data, batch_size: int, generator: torch.Generator
+            ) -> Iterator[tuple[torch.Tensor, Any, dict[str, Any]]]:
+    """Endless ``(x, y or None, keyword arguments)`` batches: random draws (with replacement) of ``batch_size``
+    from a tensor ``(N, *)``, a pair ``(inputs (N, *), labels (N, *))`` or a triple ``(inputs, labels or None,
+    extra)`` (``extra``: padding masks ``(N, M)`` or a dict of per-input keyword tensors ``(N, *)``), or an
+    iterable of batches ``x``, ``(x, y)`` or ``(x, y, extra)`` cycled through."""
+    if isinstance(data, torch.Tensor) or (isinstance(data, tuple) and len(data) in (2, 3)
+                                          and isinstance(data[0], torch.Tensor)
+                                          and (data[1] is None or isinstance(data[1], torch.Tensor))
+                                          and (len(data) == 2 or isinstance(data[2], (torch.Tensor, Mapping)))):
+        x, y, kwargs = split_batch(data)
         if y is not None and len(y) != len(x):
             raise ConfigError(f"data: {len(x)} inputs but {len(y)} labels")
         if len(x) == 0:
             raise ConfigError("data: an empty tensor; give at least one input")
         while True:
             idx = torch.randint(len(x), (batch_size,), generator=generator).to(x.device)
-            yield x[idx], (None if y is None else y[idx])
+            yield x[idx], (None if y is None else y[idx]), _index_keywords(kwargs, idx, len(x))
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise DTypeError(f"data: expected a tensor (N, *), a pair (inputs, labels) or an iterable of batches "
                          f"(e.g. a DataLoader), got {type(data).__name__}")
@@ -299,9 +348,10 @@ def batches(data: Data, batch_size: int, generator: torch.Generator) -> Iterator
         for item in data:
             empty = False
             if isinstance(item, torch.Tensor):
-                yield item, None
+                yield item, None, {}
             elif isinstance(item, (tuple, list)) and len(item) >= 1 and isinstance(item[0], torch.Tensor):
-                yield item[0], (item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None)
+                y = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
+                yield item[0], y, (_keywords(item[2]) if len(item) > 2 else {})
             else:
                 raise DTypeError(f"data: a batch must be a tensor or a tuple (inputs, labels), got {type(item).__name__}")
         if empty:
@@ -336,7 +386,9 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
     Args:
         model, task_loss, prior_weight, contrastive_weight, transform, action, teacher: see :func:`step`.
         data: a tensor ``(N, *)`` (inputs only), a pair ``(inputs, labels)`` (random batches of
-            ``batch_size``), or an iterable of batches ``x`` / ``(x, y)`` such as a ``DataLoader`` (cycled).
+            ``batch_size``), a triple ``(inputs, labels or None, masks (N, M) or {name: (N, *)})`` (padded point
+            sets: :func:`equicanon.data.pad_sets`), or an iterable of batches ``x`` / ``(x, y)`` / ``(x, y, extra)``
+            such as a ``DataLoader`` (cycled); see :func:`step`.
         steps: optimiser steps (0: nothing happens).
         optimizer: default ``Adam(lr)`` over the trainable parameters.
         lr: learning rate of the default optimiser, and the peak of ``lr_schedule``.
@@ -378,14 +430,16 @@ def fit(model: nn.Module, data: Data, steps: int, *, optimizer: torch.optim.Opti
             part.eval()
     try:
         for i in range(steps):
-            x, y = next(source)
+            x, y, kwargs = next(source)
             x = x.to(device)
+            kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             if labels and y is None:
                 raise ConfigError("fine-tuning needs labels (labels=True): give data as (inputs, labels) or "
                                   "batches (x, y)")
             if augment is not None:
                 x = augment(x, generator)
-            batch = x if (y is None or labels is False) else (x, y.to(device))
+            y = None if (y is None or labels is False) else y.to(device)
+            batch = (x, y, kwargs) if kwargs else (x if y is None else (x, y))
             out = step(model, batch, task_loss=task_loss, prior_weight=prior_weight,
                        contrastive_weight=contrastive_weight, transform=transform, action=action, generator=generator,
                        teacher=teacher)
