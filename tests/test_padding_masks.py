@@ -153,6 +153,45 @@ def test_masked_poses_stay_equivariant(name):
     assert torch.allclose(moved.pose, want, atol=1e-9, rtol=0.0)
 
 
+@pytest.mark.parametrize("name", ["SO3", "O3", "SE3", "E3"])
+def test_padded_rows_of_the_canonical_form_are_left_as_they_are(name):
+    canon = _canonicalizer(name).eval()
+    x, mask = _junk_padded(_items(name, [7, 4]), 9, 8)
+    res = canon(x, mask=mask)
+    assert torch.equal(res.canonical[~mask], x[~mask])
+    unmasked = canon(x)  # without a mask every row is a point and is moved
+    assert not torch.equal(unmasked.canonical[~mask], x[~mask])
+
+
+@pytest.mark.parametrize("name", ["SO3", "O3", "SE3", "E3"])
+def test_point_and_particle_actions_leave_padded_rows(name):
+    group = ec.groups.as_group(name)
+    action = ec.actions.Points(group) if name in ("SO3", "O3") else ec.actions.Particles(group)
+    x, mask = _junk_padded(_items(name, [7, 5, 6]), 8, 9)  # no degenerate (collinear) cloud: equivariant poses
+    g = group.sample(3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    moved = action(g, x, mask=mask)
+    assert torch.equal(moved[~mask], x[~mask])
+    assert torch.equal(moved[mask], action(g, x)[mask])
+    assert action.accepts_mask and torch.equal(action.act(g, x, mask), moved)
+    # poses follow the masked action too: pose(g·x) = g pose(x), and the canonical forms agree on every row
+    canon = _canonicalizer(name).eval()
+    a, b = canon(x, mask=mask), canon(moved, mask=mask)
+    assert torch.allclose(b.pose, group.compose(g, a.pose), atol=1e-9, rtol=0.0)
+    assert torch.allclose(b.canonical, a.canonical, atol=1e-9, rtol=0.0)
+    with pytest.raises(ShapeError):
+        action(g, x, mask=mask[:, :5])
+    with pytest.raises(DTypeError):
+        action(g, x, mask=mask.double())
+
+
+def test_actions_without_a_mask_ignore_it_in_act():
+    image = ec.actions.Image(ec.C(4))
+    x = torch.rand(2, 1, 5, 5)
+    assert not image.accepts_mask
+    assert torch.equal(image.act(torch.tensor([1, 2]), x, torch.ones(2, 5, dtype=torch.bool)),
+                       image(torch.tensor([1, 2]), x))
+
+
 def test_knn_never_picks_a_padded_neighbour():
     from equicanon.nn.vector_neurons import knn
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import torch
 
@@ -26,6 +27,8 @@ class Action(abc.ABC):
     #: whether ``act(g, act(h, x)) == act(compose(g, h), x)`` holds to rounding error
     #: (False for interpolated image rotations, whose law holds only approximately)
     exact: bool = True
+    #: whether ``action(g, x, mask=m)`` takes a padding mask ``(B, N)`` of point sets (padded rows left as they are)
+    accepts_mask: bool = False
 
     @abc.abstractmethod
     def __call__(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +38,14 @@ class Action(abc.ABC):
     def example(self, batch: int = 2, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         """A random input this action accepts (used when a checker gets no input)."""
+
+    def act(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``g·x``; with a padding mask ``(B, N)`` of point sets, given to actions that take one
+        (:attr:`accepts_mask`: their padded rows stay as they are) and ignored by the others."""
+        if mask is None or not self.accepts_mask:
+            return self(g, x)
+        call: Any = self  # the actions that accept a mask take it as a keyword
+        return call(g, x, mask=mask)
 
     def _elements(self, g: torch.Tensor, batch: int, device: torch.device | None = None) -> torch.Tensor:
         """Validate ``g``, broadcast it to ``batch`` elements and move it to ``device`` (the data's)."""

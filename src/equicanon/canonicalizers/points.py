@@ -205,13 +205,16 @@ class VectorNeurons(VectorFrames):
         """Canonicalize ``x: (B, N, 3)``: ``canonical (B, N, 3)``, ``pose (B, 3, 3)``, ``margin (B,)`` and
         ``extras["vectors"] (B, 3, vectors)``. ``mask (B, N)`` bool (True: a real point) for padded batches
         (:func:`equicanon.data.pad_sets`): padded points are never neighbours nor pooled, so the pose and the
-        real points' canonical form do not depend on the padding (the padded rows are moved too)."""
+        real points' canonical form do not depend on the padding; the padded rows of the canonical form are those
+        of ``x``, as they are (as :class:`~equicanon.actions.Points` with ``mask=`` leaves them)."""
         check_shape(x, "B N 3", name="points")
         check_floating(x, "points")
         mask = check_mask(mask, x)
         net = x.to(_network_dtype(x, self.head))
         pose, vectors, margin, scale = self.head(self.trunk(self.edge(net, mask), mask), self.pool, mask)
         canonical = (x.double() @ pose).to(x.dtype)  # row i: (R^T x_i)^T
+        if mask is not None:
+            canonical = torch.where(mask[..., None], canonical, x)
         return Canonicalization(canonical, pose.to(x.dtype), self.group, extras={"vectors": vectors, "scale": scale},
                                 margin=margin.to(x.dtype))
 
@@ -272,13 +275,15 @@ class ParticleVectorNeurons(VectorFrames):
         """Canonicalize particles ``x: (B, N, 6 + features)``. ``mask (B, N)`` bool (True: a real particle) for
         padded batches (:func:`equicanon.data.pad_sets`): the centroid, the scales, the context means, the batch
         statistics and the pooling are over the real particles, so the pose and their canonical form do not
-        depend on the padding."""
+        depend on the padding; the padded rows of the canonical form are those of ``x``, as they are."""
         check_shape(x, "B N F", F=6 + self.features, name="particles")
         check_floating(x, "particles")
         mask = check_mask(mask, x)
         vectors_in, centroid, rel, vel = self._network_input(x, mask)
         rotation, vectors, margin, scale = self.head(self.trunk(vectors_in, mask), self.pool, mask)
         canonical = torch.cat([(rel @ rotation).to(x.dtype), (vel @ rotation).to(x.dtype), x[..., 6:]], dim=-1)
+        if mask is not None:
+            canonical = torch.where(mask[..., None], canonical, x)
         pose = self.group.from_parts(rotation, centroid).to(x.dtype)
         return Canonicalization(canonical, pose, self.group, extras={"vectors": vectors, "scale": scale},
                                 margin=margin.to(x.dtype))

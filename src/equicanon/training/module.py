@@ -194,11 +194,14 @@ class CanonicalizationModule(pl.LightningModule):
             return (prediction.argmax(dim=1) == target).float().mean()
         return F.mse_loss(prediction, target.to(prediction.dtype))
 
-    def _move(self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(g·x, y)`` for classification, ``(g·x, g ⋆ y)`` for regression (``g`` from ``val_action``'s group)."""
-        assert self.val_action is not None  # checked in __init__
+    def _move(self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g·x, y)`` for classification, ``(g·x, g ⋆ y)`` for regression (``g`` from ``val_action``'s group);
+        the padded rows of point sets (``mask``) stay as they are where the action takes a mask."""
+        action = self.val_action
+        assert action is not None  # checked in __init__
         output = self.model.output if isinstance(self.model, Canonicalized) else Trivial()
-        return self.val_action(g, x), (y if self.task == "classification" else output(g, y))
+        return action.act(g, x, mask), (y if self.task == "classification" else output(g, y))
 
     def _draw(self, batch_size: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``batch_size`` random elements of ``val_action``'s group, drawn on the CPU from ``seed``."""
@@ -240,7 +243,7 @@ class CanonicalizationModule(pl.LightningModule):
         action = self.val_action
         if action is not None:
             g = self._draw(x.shape[0], self.val_seed * 1_000_003 + batch_idx, x.device, x.dtype)
-            moved_x, moved_y = self._move(g, x, y)
+            moved_x, moved_y = self._move(g, x, y, kwargs.get("mask"))
             wrapped = self.model if isinstance(self.model, Canonicalized) else None
             moved_prediction, moved_res = self._run(moved_x, move_keywords(wrapped, kwargs, "group", g))
             metrics[f"{stage}/{kind}_transformed"] = self._score(moved_prediction, moved_y)

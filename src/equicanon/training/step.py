@@ -133,14 +133,15 @@ def draw_elements(group: Group, batch: int, generator: torch.Generator | None, l
 
 
 def move_batch(transform: str, action: Action, x: torch.Tensor, generator: torch.Generator | None, *,
-               shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+               shard: tuple[int, int] = (0, 1), mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g·x, target)`` for random elements: ``"group"`` draws ``g`` from ``action``'s group (target ``g``);
     ``"angle"`` (planar groups) turns by uniform continuous angles, reflected at random if the group has
     reflections, and aims at the group's element nearest to each turn (itself, for SO2/O2).
 
     ``shard = (rank, world)``: draw for the global batch of ``world`` processes and keep this rank's share
     (global positions ``rank, rank + world, ...``, the layout of a ``DistributedSampler``), so that DDP
-    draws exactly what one process with the global batch would.
+    draws exactly what one process with the global batch would. ``mask``: the padding mask ``(B, N)`` of point
+    sets, given to actions that take one (their padded rows stay as they are).
     """
     group = action.group
     if group is None:
@@ -148,7 +149,7 @@ def move_batch(transform: str, action: Action, x: torch.Tensor, generator: torch
     rank, world = shard
     if transform == "group":
         g = draw_elements(group, x.shape[0] * world, generator, x)[rank::world]
-        return action(g, x), g
+        return action.act(g, x, mask), g
     if group.dim != 2:
         raise ConfigError(f"transform='angle' turns images by continuous angles: it needs a planar group "
                           f"(C(n), D(n), SO2, O2), got {group!r}")
@@ -274,7 +275,7 @@ def step(model: nn.Module, batch: Batch, *, task_loss: TaskLoss = None, prior_we
     if transform is not None:
         if mover is None:
             raise ConfigError(f"transform={transform!r} needs a group: use a canonicalized model or pass action")
-        x, target = move_batch(transform, mover, x, generator, shard=shard)
+        x, target = move_batch(transform, mover, x, generator, shard=shard, mask=kwargs.get("mask"))
         kwargs = move_keywords(wrapped, kwargs, transform, target)
         if y is not None and wrapped is not None:
             y = wrapped.output(target, y)
