@@ -13,7 +13,6 @@ energies, internal energies, heat capacity; :data:`QM9_PROPERTIES`)::
 
 from __future__ import annotations
 
-import ast
 import csv
 import importlib.util
 import os
@@ -93,14 +92,26 @@ def _atoms_filter(atoms: int | Iterable[int] | None) -> set[int] | None:
     return set(values)
 
 
-def _parse_list(text: str, what: str, where: str) -> list[Any]:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as e:
-        raise CorruptDataError(f"{where}: column {what} is not a list: {text[:80]!r}") from e
-    if not isinstance(value, list):
+_BRACKETS = str.maketrans("[]'\"", "    ")
+
+
+def _parse_list(text: str, what: str, where: str, *, numbers: bool) -> list[Any]:
+    """The flat items of a (possibly nested) bracketed list of numbers or quoted names, as the files write them
+    (``[[0.1,-2.,3e-1],...]``, ``['C','H']``); a plain split, ~10x faster than ``ast.literal_eval`` on QM9."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
         raise CorruptDataError(f"{where}: column {what} is not a list: {text[:80]!r}")
-    return value
+    items = [t.strip() for t in body.translate(_BRACKETS).split(",")]
+    if items == [""]:
+        return []
+    if not numbers:
+        if any(not t for t in items):
+            raise CorruptDataError(f"{where}: column {what} has an empty item: {text[:80]!r}")
+        return items
+    try:
+        return [float(t) for t in items]
+    except ValueError as e:
+        raise CorruptDataError(f"{where}: column {what} holds a value that is not a number: {text[:80]!r}") from e
 
 
 def load_qm9(atoms: int | Iterable[int] | None = None, *, parts: Sequence[int] = (1,),
@@ -140,7 +151,7 @@ def load_qm9(atoms: int | Iterable[int] | None = None, *, parts: Sequence[int] =
         check_positive_int(limit, "limit")
     folder = Path(root) if root is not None else qm9_folder()
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
-    rows: list[tuple[int, str, list[int], list[list[float]], list[float], list[float]]] = []
+    rows: list[tuple[int, str, list[int], list[float], list[float], list[float]]] = []
     for part in parts:
         path = folder / QM9_FILES[part - 1]
         if not path.is_file():
@@ -159,16 +170,16 @@ def load_qm9(atoms: int | Iterable[int] | None = None, *, parts: Sequence[int] =
                     raise CorruptDataError(f"{where}: N_atoms is not an integer: {row['N_atoms']!r}") from e
                 if wanted is not None and n not in wanted:
                     continue
-                elements = _parse_list(row["Elements"], "Elements", where)
-                xyz = _parse_list(row["XYZ_Ang"], "XYZ_Ang", where)
-                mulliken = _parse_list(row["Mulliken_pop"], "Mulliken_pop", where)
-                if not (len(elements) == len(xyz) == len(mulliken) == n) or any(len(p) != 3 for p in xyz):
-                    raise CorruptDataError(f"{where}: {n} atoms, but {len(elements)} elements, {len(xyz)} positions "
-                                           f"and {len(mulliken)} charges (positions must have 3 coordinates)")
+                elements = _parse_list(row["Elements"], "Elements", where, numbers=False)
+                xyz = _parse_list(row["XYZ_Ang"], "XYZ_Ang", where, numbers=True)
+                mulliken = _parse_list(row["Mulliken_pop"], "Mulliken_pop", where, numbers=True)
+                if not (len(elements) == len(mulliken) == n and len(xyz) == 3 * n
+                        and row["XYZ_Ang"].count("[") == n + 1):
+                    raise CorruptDataError(f"{where}: {n} atoms, but {len(elements)} elements, {len(xyz)} coordinates "
+                                           f"(3 per atom, one list per atom) and {len(mulliken)} charges")
                 try:
                     rows.append((int(row["Index"]), row["SMILES"], [ATOMIC_NUMBERS[e] for e in elements],
-                                 [[float(c) for c in p] for p in xyz], [float(q) for q in mulliken],
-                                 [float(row[p]) for p in names]))
+                                 xyz, mulliken, [float(row[p]) for p in names]))
                 except (KeyError, TypeError, ValueError) as e:
                     raise CorruptDataError(f"{where}: cannot read the molecule: {e!r}") from e
                 if limit is not None and len(rows) >= limit:
@@ -183,7 +194,7 @@ def load_qm9(atoms: int | Iterable[int] | None = None, *, parts: Sequence[int] =
     mask = torch.zeros(m, width, dtype=torch.bool)
     for i, (_, _, z, xyz, q, _) in enumerate(rows):
         n = len(z)
-        positions[i, :n] = torch.tensor(xyz, dtype=torch.float64)
+        positions[i, :n] = torch.tensor(xyz, dtype=torch.float64).reshape(n, 3)
         numbers[i, :n] = torch.tensor(z, dtype=torch.long)
         charges[i, :n] = torch.tensor(q, dtype=torch.float64)
         mask[i, :n] = True
