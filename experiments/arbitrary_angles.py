@@ -24,8 +24,8 @@ angles (degrees between the pose and the turn applied: median, 90th percentile, 
 as upright, since mirrored upright Fashion-MNIST items and photos are upright).
 
     python experiments/arbitrary_angles.py                      # Fashion-MNIST, 54 min on one CPU thread
-    python experiments/arbitrary_angles.py --dataset digits     # MNIST digits, MIN min on one thread
-    python experiments/arbitrary_angles.py --dataset photos     # photos, 14 min on one thread
+    python experiments/arbitrary_angles.py --dataset digits     # MNIST digits, 23 min on one thread
+    python experiments/arbitrary_angles.py --dataset photos     # photos, 12 min on one thread
     python experiments/arbitrary_angles.py --quick              # seconds (either dataset)
     python experiments/arbitrary_angles.py --print_config       # configs/experiments/arbitrary_angles.yaml
 
