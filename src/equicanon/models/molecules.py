@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_mask, check_positive_int, check_shape
+from ..errors import check_mask, check_positive_int, check_shape
 from ..nn.masking import masked_mean
+from .nbody import token_encoder
 
 __all__ = ["MoleculeTransformer"]
 
@@ -44,14 +45,7 @@ class MoleculeTransformer(nn.Module):
         super().__init__()
         self.features = check_positive_int(features, "features", minimum=0)
         self.outputs = check_positive_int(outputs, "outputs")
-        width = check_positive_int(width, "width")
-        heads = check_positive_int(heads, "heads")
-        if width % heads:
-            raise ConfigError(f"width must be divisible by heads, got width={width}, heads={heads}")
-        self.embed = nn.Linear(6 + self.features, width)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, check_positive_int(depth, "depth"), enable_nested_tensor=False)
+        self.embed, self.encoder = token_encoder(6 + self.features, width, depth, heads)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, self.outputs))
 

@@ -59,6 +59,23 @@ class NBodyMLP(nn.Module):
         return x[..., :3] + self.net(x.flatten(1)).view(x.shape[0], self.particles, 3)
 
 
+def token_encoder(inputs: int, width: int, depth: int, heads: int) -> tuple[nn.Linear, nn.TransformerEncoder]:
+    """A linear embedding of each row ``(…, inputs) → (…, width)`` and ``depth`` pre-norm encoder layers (GELU, no
+    dropout, feed-forward ``2 width``): the trunk of the particle and molecule transformers.
+
+    Raises:
+        ConfigError: ``width``, ``depth`` or ``heads`` not positive, or ``width`` not divisible by ``heads``.
+    """
+    width = check_positive_int(width, "width")
+    heads = check_positive_int(heads, "heads")
+    if width % heads:
+        raise ConfigError(f"width must be divisible by heads, got width={width}, heads={heads}")
+    embed = nn.Linear(inputs, width)
+    layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return embed, nn.TransformerEncoder(layer, check_positive_int(depth, "depth"), enable_nested_tensor=False)
+
+
 class NBodyTransformer(nn.Module):
     """A small transformer over particles: ``x (B, N, 6 + k)`` → positions ``x[..., :3] + Δ (B, N, 3)``.
 
@@ -76,14 +93,7 @@ class NBodyTransformer(nn.Module):
     def __init__(self, features: int = 1, *, width: int = 64, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features", minimum=0)
-        width = check_positive_int(width, "width")
-        heads = check_positive_int(heads, "heads")
-        if width % heads:
-            raise ConfigError(f"width must be divisible by heads, got width={width}, heads={heads}")
-        self.embed = nn.Linear(6 + self.features, width)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, check_positive_int(depth, "depth"), enable_nested_tensor=False)
+        self.embed, self.encoder = token_encoder(6 + self.features, width, depth, heads)
         self.head = _zero(nn.Linear(width, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
