@@ -9,7 +9,8 @@ built from its config exactly as ``equicanon fit --config ...`` builds it (same 
 module), trained with its ``Trainer`` for ``epochs``, then scored on the test split as given and moved by
 random E(3) elements (seeded): mean absolute error in the properties' units (eV, bohr³, D), training time,
 inference time; for the canonicalized model also the share of test molecules whose pose turns by more than
-``angle`` degrees when ``noise`` Å of Gaussian noise is added to every atom's position.
+``angle`` degrees when ``noise`` Å of Gaussian noise is added to every atom's position, and for frame averaging
+the share whose principal axes (up to their signs) turn by more.
 
     python experiments/qm9.py                                   # the full run of docs/molecules.md
     python experiments/qm9.py --models '[plain, canonicalized]' --epochs 5
@@ -32,7 +33,9 @@ from typing import Any
 import torch
 
 import equicanon as ec
+from equicanon.adapt import pca_frames
 from equicanon.errors import ConfigError
+from equicanon.nn.masking import masked_mean
 from equicanon.settings import parse_settings, run_script
 from equicanon.training.cli import build_cli
 from equicanon.training.molecules import QM9DataModule
@@ -58,6 +61,7 @@ class Settings:
         batch: molecules per evaluation call.
         noise: standard deviation (Å) of the noise on every coordinate for the pose stability.
         angle: degrees; a pose that turns by more under the noise moved.
+        tolerance: a molecule's prediction is not invariant when moving it changes a standardised target by more.
         seed: seeds the E(3) moves and the noise of the evaluation.
         threads: torch threads.
     """
@@ -71,6 +75,7 @@ class Settings:
     batch: int
     noise: float
     angle: float
+    tolerance: float
     seed: int
     threads: int
 
@@ -105,10 +110,11 @@ def evaluate(model: torch.nn.Module, data: QM9DataModule, s: Settings) -> dict[s
     x, y, mask = data.test_set.tensors
     group = ec.E3()
     moves = group.sample(len(x), generator=torch.Generator().manual_seed(s.seed))
-    moved = ec.actions.Particles(group)(moves.to(x.dtype), x)
+    moved = ec.actions.Particles(group)(moves.to(x.dtype), x, mask=mask)  # padding rows stay 0
     model.eval()
     out: dict[str, Any] = {}
     truth = data.unstandardize(y)
+    preds = {}
     for label, inputs in (("upright", x), ("moved", moved)):
         start = time.perf_counter()
         pred = torch.cat([model(inputs[i:i + s.batch], mask=mask[i:i + s.batch]) for i in range(0, len(x), s.batch)])
@@ -116,17 +122,53 @@ def evaluate(model: torch.nn.Module, data: QM9DataModule, s: Settings) -> dict[s
             out["inference_ms_per_molecule"] = 1e3 * (time.perf_counter() - start) / len(x)
         mae = (data.unstandardize(pred) - truth).abs().mean(0)
         out[label] = {t: float(v) for t, v in zip(data.targets, mae, strict=True)}
+        preds[label] = pred
+    # each molecule's largest change of a standardised prediction when moved (1.0: a target's standard deviation)
+    change = (preds["moved"] - preds["upright"]).abs().amax(-1).double()
+    out["invariance_error"] = {"median": float(change.median()), "p99": float(change.quantile(0.99)),
+                               "max": float(change.max()), "share_above": float((change > s.tolerance).double().mean())}
+    noise = torch.randn((*x.shape[:-1], 3), generator=torch.Generator().manual_seed(s.seed + 1)) * s.noise
+    noisy = x.clone()
+    noisy[..., :3] += noise * mask[..., None]
     if isinstance(model, ec.Canonicalized):
-        noise = torch.randn((*x.shape[:-1], 3), generator=torch.Generator().manual_seed(s.seed + 1)) * s.noise
-        noisy = x.clone()
-        noisy[..., :3] += noise * mask[..., None]
         turned = []
         for i in range(0, len(x), s.batch):
             a = model.canonicalizer(x[i:i + s.batch], mask=mask[i:i + s.batch]).pose
             b = model.canonicalizer(noisy[i:i + s.batch], mask=mask[i:i + s.batch]).pose
             turned.append(ec.metrics.pose_error(group, a, b, reduction="none"))
         out["pose_moved_share"] = float((torch.cat(turned) > s.angle).double().mean())
+    if isinstance(model, ec.FrameAveraged):  # the frames up to their signs: the nearest of the 8 noisy ones
+        frames = pca_frames(x[..., :3].double(), group, mask)  # (M, 8, 3, 3)
+        b = pca_frames(noisy[..., :3].double(), group, mask)
+        a = frames[:, :1].expand_as(b)
+        angle = ec.metrics.pose_error("O3", a.reshape(-1, 3, 3), b.reshape(-1, 3, 3), reduction="none")
+        out["pose_moved_share"] = float((angle.reshape(len(x), -1).min(1).values > s.angle).double().mean())
+        out["one_frame"] = one_frame_mae(model, data, x, mask, frames.to(x.dtype), s)
+    assert data.train_set is not None
+    xt, yt, mt = (t[:s.test_size] for t in data.train_set.tensors)  # as many training molecules as test ones
+    pred = torch.cat([model(xt[i:i + s.batch], mask=mt[i:i + s.batch]) for i in range(0, len(xt), s.batch)])
+    mae = (data.unstandardize(pred) - data.unstandardize(yt)).abs().mean(0)
+    out["train"] = {t: float(v) for t, v in zip(data.targets, mae, strict=True)}
     return out
+
+
+def one_frame_mae(model: ec.FrameAveraged, data: QM9DataModule, x: torch.Tensor, mask: torch.Tensor,
+                  frames: torch.Tensor, s: Settings) -> dict[str, float]:
+    """MAE of the frame-averaged predictor run on one of the 8 PCA frames instead of their mean (averaged over
+    the 8 choices): what the averaging itself adds, beyond putting the molecule in its principal axes."""
+    assert data.test_set is not None
+    truth = data.unstandardize(data.test_set.tensors[1])
+    group = ec.E3()
+    centre = masked_mean(x[..., :3], mask)
+    errors = []
+    for k in range(frames.shape[1]):
+        inverse = group.inverse(group.from_parts(frames[:, k], centre))
+        turned = model.input.act(inverse, x, mask=mask)
+        pred = torch.cat([model.predictor(turned[i:i + s.batch], mask=mask[i:i + s.batch])
+                          for i in range(0, len(x), s.batch)])
+        errors.append((data.unstandardize(pred) - truth).abs().mean(0))
+    mae = torch.stack(errors).mean(0)
+    return {t: float(v) for t, v in zip(data.targets, mae, strict=True)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -157,9 +199,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         cells = " | ".join(f"{row['upright'][t]:.3f} / {row['moved'][t]:.3f}" for t in targets)
         print(f"| {name} | {cells} | {row['train_seconds']:.0f} s | {row['inference_ms_per_molecule']:.2f} ms |")
     print("| EGNN (published, 100k molecules) | " + " | ".join(f"{EGNN_MAE[t]:.3f}" for t in targets) + " | | |")
+    print(f"\nLargest change of a standardised prediction when a test molecule is moved (share above {s.tolerance}):")
+    for name, row in results["models"].items():
+        e = row["invariance_error"]
+        print(f"- {name}: median {e['median']:.2e}, 99th percentile {e['p99']:.2e}, max {e['max']:.2e}; "
+              f"{100 * e['share_above']:.2f}% above")
+    print("\nTest MAE against MAE on as many training molecules (upright):")
+    for name, row in results["models"].items():
+        cells = ", ".join(f"{t} {row['upright'][t]:.3f} / {row['train'][t]:.3f}" for t in targets)
+        print(f"- {name}: {cells}")
+        if "one_frame" in row:
+            cells = ", ".join(f"{t} {row['one_frame'][t]:.3f}" for t in targets)
+            print(f"- {name} on one PCA frame instead of the mean of 8 (test): {cells}")
     for name, row in results["models"].items():
         if "pose_moved_share" in row:
-            print(f"\n{name}: {100 * row['pose_moved_share']:.2f}% of the test molecules' poses turn by more than "
+            what = "principal axes" if name == "frames" else "poses"
+            print(f"\n{name}: {100 * row['pose_moved_share']:.2f}% of the test molecules' {what} turn by more than "
                   f"{s.angle}° under {s.noise} Å of noise")
     if settings.output_dir is not None:
         path = Path(settings.output_dir) / "qm9.json"

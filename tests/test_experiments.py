@@ -214,6 +214,15 @@ def test_qm9(tmp_path: Path) -> None:
     assert "poses turn by more than 10.0°" in out
     record = json.loads((tmp_path / "qm9.json").read_text())
     assert set(record["models"]) == {"plain", "augmented", "canonicalized", "frames"}
+    models = record["models"]
+    assert models["plain"]["invariance_error"]["share_above"] > 0.5  # not invariant: most predictions move
+    assert models["frames"]["invariance_error"]["median"] < 1e-4
+    assert all(set(row["train"]) == {"gap", "polarizability", "dipole"} for row in models.values())
+    # one frame at a time against the mean over the 8 frames: |mean_k p_k - y| <= mean_k |p_k - y| molecule by
+    # molecule, so the averaged MAE is never above the one-frame MAE (up to float32 rounding)
+    one, mean = models["frames"]["one_frame"], models["frames"]["upright"]
+    assert all(one[t] >= mean[t] * (1 - 1e-5) for t in mean), (one, mean)
+    assert "principal axes turn by more than 10.0°" in out
 
 
 def test_pointcloud_accuracy() -> None:
