@@ -25,7 +25,7 @@ as upright, since mirrored upright Fashion-MNIST items and photos are upright).
 
     python experiments/arbitrary_angles.py                      # Fashion-MNIST, 54 min on one CPU thread
     python experiments/arbitrary_angles.py --dataset digits     # MNIST digits, 23 min on one thread
-    python experiments/arbitrary_angles.py --dataset photos     # photos, 12 min on one thread
+    python experiments/arbitrary_angles.py --dataset photos     # photos, 59 min on one thread
     python experiments/arbitrary_angles.py --quick              # seconds (either dataset)
     python experiments/arbitrary_angles.py --print_config       # configs/experiments/arbitrary_angles.yaml
 
