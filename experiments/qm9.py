@@ -25,7 +25,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ import torch
 import equicanon as ec
 from equicanon.adapt import pca_frames
 from equicanon.errors import ConfigError
-from equicanon.nn.masking import masked_mean
 from equicanon.settings import parse_settings, run_script
 from equicanon.training.cli import build_cli
 from equicanon.training.molecules import QM9DataModule
@@ -102,27 +101,35 @@ def build(name: str, s: Settings, root: str) -> Any:
         sys.argv = argv
 
 
+def predict(fn: Callable[..., torch.Tensor], x: torch.Tensor, mask: torch.Tensor, batch: int) -> torch.Tensor:
+    """``fn(x, mask=mask)`` on ``batch`` molecules at a time, concatenated."""
+    return torch.cat([fn(x[i:i + batch], mask=mask[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def mae(data: QM9DataModule, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Mean absolute error per target, in its unit, of standardised predictions against standardised targets."""
+    errors = (data.unstandardize(pred) - data.unstandardize(y)).abs().mean(0)
+    return {t: float(v) for t, v in zip(data.targets, errors, strict=True)}
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: QM9DataModule, s: Settings) -> dict[str, Any]:
     """MAE per target in its units on the test split, as given and moved by random E(3) elements, the inference
     time per molecule, and (canonicalized models) the pose stability under noise."""
-    assert data.test_set is not None
+    assert data.test_set is not None and data.train_set is not None
     x, y, mask = data.test_set.tensors
     group = ec.E3()
     moves = group.sample(len(x), generator=torch.Generator().manual_seed(s.seed))
     moved = ec.actions.Particles(group)(moves.to(x.dtype), x, mask=mask)  # padding rows stay 0
     model.eval()
     out: dict[str, Any] = {}
-    truth = data.unstandardize(y)
     preds = {}
     for label, inputs in (("upright", x), ("moved", moved)):
         start = time.perf_counter()
-        pred = torch.cat([model(inputs[i:i + s.batch], mask=mask[i:i + s.batch]) for i in range(0, len(x), s.batch)])
+        preds[label] = predict(model, inputs, mask, s.batch)
         if label == "upright":
             out["inference_ms_per_molecule"] = 1e3 * (time.perf_counter() - start) / len(x)
-        mae = (data.unstandardize(pred) - truth).abs().mean(0)
-        out[label] = {t: float(v) for t, v in zip(data.targets, mae, strict=True)}
-        preds[label] = pred
+        out[label] = mae(data, preds[label], y)
     # each molecule's largest change of a standardised prediction when moved (1.0: a target's standard deviation)
     change = (preds["moved"] - preds["upright"]).abs().amax(-1).double()
     out["invariance_error"] = {"median": float(change.median()), "p99": float(change.quantile(0.99)),
@@ -138,37 +145,27 @@ def evaluate(model: torch.nn.Module, data: QM9DataModule, s: Settings) -> dict[s
             turned.append(ec.metrics.pose_error(group, a, b, reduction="none"))
         out["pose_moved_share"] = float((torch.cat(turned) > s.angle).double().mean())
     if isinstance(model, ec.FrameAveraged):  # the frames up to their signs: the nearest of the 8 noisy ones
-        frames = pca_frames(x[..., :3].double(), group, mask)  # (M, 8, 3, 3)
-        b = pca_frames(noisy[..., :3].double(), group, mask)
-        a = frames[:, :1].expand_as(b)
-        angle = ec.metrics.pose_error("O3", a.reshape(-1, 3, 3), b.reshape(-1, 3, 3), reduction="none")
+        a = pca_frames(x[..., :3].double(), group, mask)[:, :1]  # (M, 1, 3, 3)
+        b = pca_frames(noisy[..., :3].double(), group, mask)  # (M, 8, 3, 3)
+        angle = ec.metrics.pose_error("O3", a.expand_as(b).reshape(-1, 3, 3), b.reshape(-1, 3, 3), reduction="none")
         out["pose_moved_share"] = float((angle.reshape(len(x), -1).min(1).values > s.angle).double().mean())
-        out["one_frame"] = one_frame_mae(model, data, x, mask, frames.to(x.dtype), s)
-    assert data.train_set is not None
+        out["one_frame"] = one_frame_mae(model, data, s)
     xt, yt, mt = (t[:s.test_size] for t in data.train_set.tensors)  # as many training molecules as test ones
-    pred = torch.cat([model(xt[i:i + s.batch], mask=mt[i:i + s.batch]) for i in range(0, len(xt), s.batch)])
-    mae = (data.unstandardize(pred) - data.unstandardize(yt)).abs().mean(0)
-    out["train"] = {t: float(v) for t, v in zip(data.targets, mae, strict=True)}
+    out["train"] = mae(data, predict(model, xt, mt, s.batch), yt)
     return out
 
 
-def one_frame_mae(model: ec.FrameAveraged, data: QM9DataModule, x: torch.Tensor, mask: torch.Tensor,
-                  frames: torch.Tensor, s: Settings) -> dict[str, float]:
-    """MAE of the frame-averaged predictor run on one of the 8 PCA frames instead of their mean (averaged over
+def one_frame_mae(model: ec.FrameAveraged, data: QM9DataModule, s: Settings) -> dict[str, float]:
+    """Test MAE of the frame-averaged predictor run on one of its 8 frames instead of their mean (averaged over
     the 8 choices): what the averaging itself adds, beyond putting the molecule in its principal axes."""
     assert data.test_set is not None
-    truth = data.unstandardize(data.test_set.tensors[1])
-    group = ec.E3()
-    centre = masked_mean(x[..., :3], mask)
+    x, y, mask = data.test_set.tensors
+    poses = model.frame_poses(x[..., :3], mask)  # (M, 8, 4, 4)
     errors = []
-    for k in range(frames.shape[1]):
-        inverse = group.inverse(group.from_parts(frames[:, k], centre))
-        turned = model.input.act(inverse, x, mask=mask)
-        pred = torch.cat([model.predictor(turned[i:i + s.batch], mask=mask[i:i + s.batch])
-                          for i in range(0, len(x), s.batch)])
-        errors.append((data.unstandardize(pred) - truth).abs().mean(0))
-    mae = torch.stack(errors).mean(0)
-    return {t: float(v) for t, v in zip(data.targets, mae, strict=True)}
+    for k in range(poses.shape[1]):
+        turned = model.input.act(model.group.inverse(poses[:, k]), x, mask=mask)
+        errors.append(mae(data, predict(model.predictor, turned, mask, s.batch), y))
+    return {t: sum(e[t] for e in errors) / len(errors) for t in data.targets}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

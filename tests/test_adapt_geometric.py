@@ -127,6 +127,28 @@ def test_pca_frames_are_orthogonal_and_move_with_the_input(group, k):
     assert float(dist.amin(dim=-1).max()) < 1e-9
 
 
+@pytest.mark.parametrize("group", [ec.SO3(), ec.E3()], ids=repr)
+def test_frame_poses_are_what_frame_averaging_averages_over(group):
+    torch.manual_seed(0)
+    x = torch.randn(3, 20, 3, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    mask = torch.arange(20) < torch.tensor([[20], [13], [7]])
+    model = ec.FrameAveraged(PointNet(), group).double()
+    before = x.clone()
+    poses = model.frame_poses(x)  # (B, K, *): K = 4 for SO3, 8 for E3
+    assert poses.shape[:2] == (3, 4 if group == ec.SO3() else 8) and torch.equal(x, before)
+    action = ec.actions.Points(group)
+    runs = [model.predictor(action(group.inverse(poses[:, k]), x)) for k in range(poses.shape[1])]
+    torch.testing.assert_close(torch.stack(runs).mean(0), model(x), rtol=0, atol=1e-12)
+    masked = model.frame_poses(x, mask)
+    if group.has_translations:  # the translation is the centre of the real points
+        centre = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        torch.testing.assert_close(masked[:, 0, :3, 3], centre, rtol=0, atol=1e-12)
+    with pytest.raises(ec.errors.ShapeError, match="positions"):
+        model.frame_poses(x[..., :2])
+    with pytest.raises(ec.errors.DTypeError, match="mask"):
+        model.frame_poses(x, mask.double())
+
+
 def test_frame_averaging_rejects_other_groups():
     with pytest.raises(ec.errors.GroupMismatchError, match="SO3, O3, SE3 or E3"):
         ec.FrameAveraged(PointNet(), ec.C(4))

@@ -359,12 +359,11 @@ def test_load_qm9_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     pairs = _write(tmp_path / "pairs", [_row(2, ["H", "H"], [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0]], 1.0)])
     with pytest.raises(CorruptDataError, match="one list per atom"):  # 6 numbers, but 3 positions of 2
         load_qm9(root=pairs)
-    for column, text in (("XYZ_Ang", '"[[0.0, 0.0, x], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]"'),
-                         ("Mulliken_pop", '"0.1"')):
-        rows = _write(tmp_path / column, [good.replace('"[[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]"', text)
-                                          if column == "XYZ_Ang" else good.replace('"[0.0, 0.1, 0.2]"', text)])
+    for column, cell, bad in (("XYZ_Ang", "[[0.0, 0.0, 0.0], ", "[[0.0, 0.0, x], "),  # not a number
+                              ("Mulliken_pop", '"[0.0, 0.1, 0.2]"', '"0.1"')):  # not a list
+        assert cell in good
         with pytest.raises(CorruptDataError, match=column):
-            load_qm9(root=rows)
+            load_qm9(root=_write(tmp_path / column, [good.replace(cell, bad)]))
     (tmp_path / "columns").mkdir()
     (tmp_path / "columns" / "qm9_part1.csv").write_text("Index,N_atoms\n1,3\n")
     with pytest.raises(CorruptDataError, match="missing columns"):

@@ -721,6 +721,35 @@ class FrameAveraged(_Averaging):
         self._configure("FrameAveraged", predictor, group, Points(group) if input is None else input, output, merge,
                         keyword_actions)
 
+    def frame_poses(self, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The group elements ``(B, K, *)`` the predictions are averaged over: the PCA frames of ``positions
+        (B, N, 3)`` (:func:`pca_frames`; ``mask (B, N)`` as in :meth:`forward`), with the centre of the real
+        points as translation for rigid groups; the predictor sees ``F⁻¹·x`` for each frame ``F``.
+
+        Raises:
+            ShapeError, DTypeError: ``positions`` is not ``(B, N, 3)`` floating point, or a bad ``mask``.
+            InputValueError: the covariance cannot be diagonalised (NaN or Inf in ``positions``).
+        """
+        check_shape(positions, "B N D", name="positions", D=3)
+        check_floating(positions, "positions")
+        return self._frame_poses(positions, check_mask(mask, positions))
+
+    def _frame_poses(self, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`frame_poses` of checked inputs."""
+        try:
+            frames = pca_frames(positions, self.group, mask)  # (B, K, 3, 3)
+        except torch.linalg.LinAlgError as e:  # eigh reports this itself (no extra host sync on the good path)
+            raise InputValueError(f"FrameAveraged: the covariance of the points could not be diagonalised ({e}); "
+                                  "the input holds NaN or Inf") from e
+        b, k = frames.shape[:2]
+        rot = frames.reshape(b * k, 3, 3)
+        if self.group.has_translations:
+            centre = masked_mean(positions, mask).repeat_interleave(k, dim=0)
+            elements = cast(RigidGroup, self.group).from_parts(rot, centre)
+        else:
+            elements = rot
+        return elements.reshape(b, k, *elements.shape[1:])
+
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The predictor over the PCA frames of ``x: (B, N, 3 + …)``, mapped back and merged (``merge``).
         Keyword arguments go to the predictor (see ``keyword_actions``).
@@ -732,22 +761,7 @@ class FrameAveraged(_Averaging):
         if sizes["N"] < 1 or sizes["F"] < 3:
             raise ShapeError(f"points: expected (B, N, 3 + k) with N >= 1 points, got shape {format_shape(x.shape)}")
         check_floating(x, "points")
-        b = x.shape[0]
-        positions = x[..., :3]
         if mask is not None:
             mask = check_mask(mask, x)
             kwargs = {**kwargs, "mask": mask}
-        try:
-            frames = pca_frames(positions, self.group, mask)  # (B, K, 3, 3)
-        except torch.linalg.LinAlgError as e:  # eigh reports this itself (no extra host sync on the good path)
-            raise InputValueError(f"FrameAveraged: the covariance of the points could not be diagonalised ({e}); "
-                                  "the input holds NaN or Inf") from e
-        k = frames.shape[1]
-        rot = frames.reshape(b * k, 3, 3)
-        if self.group.has_translations:
-            centre = masked_mean(positions, mask).repeat_interleave(k, dim=0)
-            elements = cast(RigidGroup, self.group).from_parts(rot, centre)
-        else:
-            elements = rot
-        poses = elements.reshape(b, k, *elements.shape[1:])  # (B, K, *): the frames of every input
-        return self._average(x, poses, None, kwargs)
+        return self._average(x, self._frame_poses(x[..., :3], mask), None, kwargs)
